@@ -1,0 +1,200 @@
+"""The model registry and the keras.applications-style factories."""
+
+import fnmatch
+import os
+
+from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet
+
+# Every registered network: name -> (architecture, depth). The paper's 12 networks
+# at 18 layers, and R3D / R(2+1)D at the other depths it studies.
+MODELS = {f"{arch}_18": (arch, 18) for arch in ARCHITECTURES}
+MODELS.update({f"{arch}_{depth}": (arch, depth) for arch in ("r3d", "r2plus1d") for depth in (10, 16, 26, 34)})
+MODELS = dict(sorted(MODELS.items(), key=lambda item: (list(ARCHITECTURES).index(item[1][0]), item[1][1])))
+
+# Paper names, for tables and messages.
+DISPLAY_NAMES = {
+    "r2d": "R2D", "fr2d": "f-R2D", "r3d": "R3D", "mc2": "MC2", "mc3": "MC3", "mc4": "MC4",
+    "mc5": "MC5", "rmc2": "rMC2", "rmc3": "rMC3", "rmc4": "rMC4", "rmc5": "rMC5",
+    "r2plus1d": "R(2+1)D",
+}
+
+
+def display_name(name):
+    arch, depth = MODELS[name]
+    return f"{DISPLAY_NAMES[arch]}-{depth}"
+
+
+def list_models(pattern=None):
+    """Names of the registered networks, optionally filtered by a glob `pattern`.
+
+    Example:
+    >>> list_models("mc*")
+    ['mc2_18', 'mc3_18', 'mc4_18', 'mc5_18']
+    """
+    names = list(MODELS)
+    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def _check_name(name):
+    if name not in MODELS:
+        close = [n for n in MODELS if n.split("_")[0] == str(name).split("_")[0]] or list(MODELS)
+        raise ValueError(f"Unknown network {name!r}. Registered networks: {', '.join(close)}.")
+
+
+def build_model(
+    model_name,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=400,
+    classifier_activation="softmax",
+    midplanes="per_conv",
+    frames=None,
+    name=None,
+    **kwargs,
+):
+    """Builds the registered network `model_name`; see `get_model`."""
+    _check_name(model_name)
+    arch, depth = MODELS[model_name]
+    stem, stages = ARCHITECTURES[arch]
+    model = VideoResNet(
+        stem=stem, stages=stages, blocks=DEPTHS[depth], midplanes=midplanes, frames=frames,
+        include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
+        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
+        name=name or model_name, **kwargs,
+    )
+    if weights is not None:
+        load_weights_file(model, weights)
+    return model
+
+
+def load_weights_file(model, weights):
+    if not (isinstance(weights, (str, os.PathLike)) and str(weights).endswith(".weights.h5")):
+        raise ValueError(
+            f"`weights` must be None or the path of a `.weights.h5` file saved from the same "
+            f"network; received {weights!r}."
+        )
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    try:
+        model.load_weights(weights)
+    except ValueError as error:
+        raise ValueError(
+            f"Could not load {os.fspath(weights)!r} into {model.name!r}: the file was saved from a "
+            f"different network, input channel count or class count ({error})"
+        ) from error
+
+
+def get_model(name, **overrides):
+    """Builds a registered network by name.
+
+    Args:
+        name: one of `list_models()`, e.g. "r2plus1d_18".
+        **overrides: any factory argument (`include_top`, `weights`, `input_tensor`,
+            `input_shape`, `pooling`, `classes`, `classifier_activation`,
+            `midplanes`, `frames`, `name`) or builder argument of
+            `keras_r21d.VideoResNet` (`widths`, `bn_epsilon`, `bn_momentum`,
+            `stem_midplanes`).
+
+    Example:
+    >>> model = get_model("mc3_18", classes=101, input_shape=(8, 112, 112, 3))
+    >>> model.output_shape
+    (None, 101)
+    """
+    return build_model(name, **overrides)
+
+
+FACTORY_DOC = """Instantiates {display} (`{model_name}`) of Tran et al., CVPR 2018.
+
+    {description}
+
+    Args:
+        include_top: whether to end with the global average pool and the classifier.
+        weights: None (random initialisation) or the path of a `.weights.h5` file.
+        input_tensor: optional Keras tensor to use as the model input.
+        input_shape: `(T, H, W, C)`, channels last; `None` entries allow any size
+            ({frames_note}). Defaults to `(frames, None, None, 3)`.
+        pooling: without the top: None (the 5D conv5 output), "avg" (the 512-d
+            clip embedding) or "max".
+        classes: size of the classifier (400 for Kinetics).
+        classifier_activation: activation of the classifier; None returns logits.
+        midplanes: width convention of (2+1)D convs, "per_conv" (paper, Caffe2,
+            ig65m; the default) or "per_block" (torchvision).
+        frames: clip length T the model is built for (None: any).
+        name: model name.
+        **kwargs: `widths`, `bn_epsilon`, `bn_momentum`, `stem_midplanes` of
+            `keras_r21d.VideoResNet`.
+
+    Returns:
+        A `keras.Model`.
+
+    Example:
+    >>> model = keras_r21d.{factory}(input_shape=({example_frames}, 112, 112, 3))
+    >>> model.output_shape
+    (None, 400)
+    """
+
+DESCRIPTIONS = {
+    "r2d": "A 2D ResNet whose first layer spans the whole clip (time collapses to 1 there).",
+    "fr2d": "A 2D ResNet applied to every frame, with time pooled only at the end.",
+    "r3d": "A 3D ResNet: 3x3x3 convolutions in every stage.",
+    "r2plus1d": "A ResNet of (2+1)D convolutions: every 3D conv factorised into spatial + temporal.",
+}
+
+
+def _factory(model_name, factory_name):
+    def factory(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                classes=400, classifier_activation="softmax", midplanes="per_conv", frames=None,
+                name=None, **kwargs):
+        return build_model(
+            model_name, include_top=include_top, weights=weights, input_tensor=input_tensor,
+            input_shape=input_shape, pooling=pooling, classes=classes,
+            classifier_activation=classifier_activation, midplanes=midplanes, frames=frames,
+            name=name, **kwargs,
+        )
+
+    arch, _ = MODELS[model_name]
+    below, above = ("3D", "2D") if arch.startswith("mc") else ("2D", "3D")
+    description = DESCRIPTIONS.get(arch) or (
+        f"{'Mixed' if arch.startswith('mc') else 'Reversed mixed'} convolutions: {below} "
+        f"convolutions up to conv{int(arch[-1]) - 1}, {above} convolutions above."
+    )
+    factory.__name__ = factory.__qualname__ = factory_name
+    factory.__doc__ = FACTORY_DOC.format(
+        display=display_name(model_name), model_name=model_name, description=description,
+        factory=factory_name, example_frames=16 if arch == "r2d" else 8,
+        frames_note="R2D fixes T to `frames`, default 16" if arch == "r2d" else "any T works",
+    )
+    return factory
+
+
+R2D18 = _factory("r2d_18", "R2D18")
+FR2D18 = _factory("fr2d_18", "FR2D18")
+R3D10 = _factory("r3d_10", "R3D10")
+R3D16 = _factory("r3d_16", "R3D16")
+R3D18 = _factory("r3d_18", "R3D18")
+R3D26 = _factory("r3d_26", "R3D26")
+R3D34 = _factory("r3d_34", "R3D34")
+MC2_18 = _factory("mc2_18", "MC2_18")
+MC3_18 = _factory("mc3_18", "MC3_18")
+MC4_18 = _factory("mc4_18", "MC4_18")
+MC5_18 = _factory("mc5_18", "MC5_18")
+RMC2_18 = _factory("rmc2_18", "RMC2_18")
+RMC3_18 = _factory("rmc3_18", "RMC3_18")
+RMC4_18 = _factory("rmc4_18", "RMC4_18")
+RMC5_18 = _factory("rmc5_18", "RMC5_18")
+R2Plus1D10 = _factory("r2plus1d_10", "R2Plus1D10")
+R2Plus1D16 = _factory("r2plus1d_16", "R2Plus1D16")
+R2Plus1D18 = _factory("r2plus1d_18", "R2Plus1D18")
+R2Plus1D26 = _factory("r2plus1d_26", "R2Plus1D26")
+R2Plus1D34 = _factory("r2plus1d_34", "R2Plus1D34")
+
+FACTORIES = {
+    f.__name__: f for f in (
+        R2D18, FR2D18, R3D10, R3D16, R3D18, R3D26, R3D34, MC2_18, MC3_18, MC4_18, MC5_18,
+        RMC2_18, RMC3_18, RMC4_18, RMC5_18, R2Plus1D10, R2Plus1D16, R2Plus1D18, R2Plus1D26,
+        R2Plus1D34,
+    )
+}

@@ -203,4 +203,4 @@ def stage_feature_model(model):
             f"Model {model.name!r} has no 'conv1' stem layer: stage_feature_model takes a network "
             "built by keras_r21d (VideoResNet or a factory)."
         )
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_stages")
+    return keras.Model(model.input, outputs, name=f"{model.name}_stages")

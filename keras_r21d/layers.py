@@ -105,7 +105,7 @@ class ZeroPaddedConv3D(layers.Conv3D):
     """
 
     def __init__(self, filters, kernel_size, strides=1, zero_padding=0, **kwargs):
-        if kwargs.pop("padding", "valid") != "valid" or kwargs.get("dilation_rate", 1) not in (1, (1, 1, 1)):
+        if kwargs.pop("padding", "valid") != "valid" or _triple(kwargs.get("dilation_rate", 1), "dilation_rate") != (1, 1, 1):
             raise ValueError(
                 "ZeroPaddedConv3D sets its padding from `zero_padding` and has no dilation; "
                 "use keras.layers.Conv3D for other padding modes."

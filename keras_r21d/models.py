@@ -57,6 +57,8 @@ def build_model(
 ):
     """Builds the registered network `model_name`; see `get_model`."""
     _check_name(model_name)
+    if weights is not None:
+        _check_weights_file(weights)
     arch, depth = MODELS[model_name]
     stem, stages = ARCHITECTURES[arch]
     model = VideoResNet(
@@ -70,7 +72,7 @@ def build_model(
     return model
 
 
-def load_weights_file(model, weights):
+def _check_weights_file(weights):
     if not (isinstance(weights, (str, os.PathLike)) and str(weights).endswith(".weights.h5")):
         raise ValueError(
             f"`weights` must be None or the path of a `.weights.h5` file saved from the same "
@@ -78,6 +80,9 @@ def load_weights_file(model, weights):
         )
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+
+
+def load_weights_file(model, weights):
     try:
         model.load_weights(weights)
     except ValueError as error:

@@ -191,8 +191,9 @@ def stage_feature_model(model):
     Example:
     >>> import keras_r21d
     >>> features = keras_r21d.stage_feature_model(keras_r21d.R3D18(input_shape=(8, 32, 32, 3)))
-    >>> {k: v.shape for k, v in features(keras.ops.ones((1, 8, 32, 32, 3))).items()}["conv5"]
-    (1, 1, 1, 1, 512)
+    >>> maps = features(keras.ops.ones((1, 8, 32, 32, 3)))
+    >>> {name: tuple(x.shape) for name, x in maps.items()}["conv5"]
+    (1, 1, 2, 2, 512)
     """
     outputs = {}
     for layer in model.layers:

@@ -100,7 +100,7 @@ class ZeroPaddedConv3D(layers.Conv3D):
 
     Example:
     >>> conv = ZeroPaddedConv3D(8, 3, strides=2, zero_padding=1)
-    >>> conv(keras.ops.ones((1, 4, 8, 8, 3))).shape
+    >>> tuple(conv(keras.ops.ones((1, 4, 8, 8, 3))).shape)
     (1, 2, 4, 4, 8)
     """
 
@@ -182,7 +182,7 @@ class Conv2Plus1D(layers.Layer):
 
     Example:
     >>> layer = Conv2Plus1D(64, strides=2)
-    >>> layer(keras.ops.ones((1, 8, 16, 16, 64))).shape
+    >>> tuple(layer(keras.ops.ones((1, 8, 16, 16, 64))).shape)
     (1, 4, 8, 8, 64)
     >>> layer.resolved_midplanes
     144
@@ -272,7 +272,7 @@ class BasicBlock(layers.Layer):
 
     Example:
     >>> block = BasicBlock(128, "2plus1d", stride=2, midplanes="per_block")
-    >>> block(keras.ops.ones((1, 8, 16, 16, 64))).shape
+    >>> tuple(block(keras.ops.ones((1, 8, 16, 16, 64))).shape)
     (1, 4, 8, 8, 128)
     """
 
@@ -367,7 +367,7 @@ class Stem(layers.Layer):
     Output shape: `(batch, T', H / 2, W / 2, filters)` with T' = 1 for "r2d", T otherwise.
 
     Example:
-    >>> Stem("r2d", frames=8)(keras.ops.ones((1, 8, 32, 32, 3))).shape
+    >>> tuple(Stem("r2d", frames=8)(keras.ops.ones((1, 8, 32, 32, 3))).shape)
     (1, 1, 16, 16, 64)
     """
 

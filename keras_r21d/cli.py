@@ -72,6 +72,13 @@ def _demo(args):
         print(f"  class {index:>3}  p={probs[index]:.4f}")
 
 
+def _convert(args):
+    from keras_r21d.convert import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.output, arch=args.arch, layout=args.format)
+    print(f"Wrote preset {out} (every checkpoint tensor used, every weight assigned).")
+
+
 def build_parser():
     from keras_r21d.models import list_models
 
@@ -94,6 +101,14 @@ def build_parser():
     demo.add_argument("--model", default="r2plus1d_18", choices=list_models())
     demo.add_argument("--frames", type=int, default=16)
     demo.set_defaults(run=_demo)
+    convert = commands.add_parser(
+        "convert", help="convert a PyTorch or Caffe2 checkpoint into a preset directory")
+    convert.add_argument("src", help=".pth/.pt (zip or legacy), .safetensors or Caffe2 .pkl file")
+    convert.add_argument("-o", "--output", required=True, help="preset directory to write")
+    convert.add_argument("--arch", choices=list_models(), help="expected network (default: inferred)")
+    convert.add_argument("--format", choices=("torchvision", "ig65m", "caffe2"),
+                         help="checkpoint layout (default: detected)")
+    convert.set_defaults(run=_convert)
     return parser
 
 
@@ -101,7 +116,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

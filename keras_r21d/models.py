@@ -1,6 +1,7 @@
 """The model registry and the keras.applications-style factories."""
 
 import fnmatch
+import inspect
 import os
 
 from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet
@@ -67,6 +68,14 @@ def build_model(
         pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         name=name or model_name, **kwargs,
     )
+    # What rebuilds this network, for presets (keras_r21d.save_preset).
+    builder_defaults = {k: v.default for k, v in inspect.signature(VideoResNet).parameters.items()}
+    model.keras_r21d_config = {
+        "architecture": model_name, "classes": classes, "include_top": include_top,
+        "midplanes": midplanes, "frames": model.input_shape[1] if stem == "r2d" else frames,
+        **{key: kwargs.get(key, builder_defaults[key])
+           for key in ("bn_epsilon", "bn_momentum", "widths", "stem_midplanes")},
+    }
     if weights is not None:
         load_weights_file(model, weights)
     return model

@@ -1,0 +1,129 @@
+"""Preset directories: `config.json` + `model.weights.h5` + `metadata.json`.
+
+`config.json` holds the arguments that rebuild the network (the registry name and
+builder settings), `model.weights.h5` its weights, `metadata.json` what a user of
+the weights needs: class names, preprocessing, clip length, source and checksum.
+"""
+
+import json
+import os
+import pathlib
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+
+# Builder settings that change the weights' shapes or values, stored in config.json.
+CONFIG_KEYS = ("architecture", "classes", "midplanes", "frames", "bn_epsilon", "bn_momentum",
+               "widths", "stem_midplanes")
+
+_dropped_head_warned = set()
+
+
+def model_config(model):
+    """The config.json dict of a network built by keras_r21d (with its classifier)."""
+    config = getattr(model, "keras_r21d_config", None)
+    if config is None:
+        raise ValueError(
+            f"Model {model.name!r} was not built by keras_r21d.get_model or a factory, so its "
+            "architecture is unknown; build it with keras_r21d.get_model(...) to save a preset."
+        )
+    if not config.get("include_top", True):
+        raise ValueError("A preset stores a whole classifier; build the model with include_top=True.")
+    return {key: config[key] for key in CONFIG_KEYS if key in config}
+
+
+def save_preset(model, directory, metadata=None):
+    """Saves `model` as a preset directory; returns its path.
+
+    Args:
+        model: a network built by `keras_r21d.get_model` or a factory.
+        directory: where to write config.json, model.weights.h5, metadata.json.
+        metadata: dict stored as metadata.json (e.g. `labels`, `preprocessing`,
+            `frames`, `source`).
+    """
+    directory = pathlib.Path(directory)
+    config = model_config(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names, then rename: an interrupted save leaves no half preset.
+    tmp_weights = directory / (WEIGHTS_FILE + ".partial.weights.h5")
+    model.save_weights(tmp_weights)
+    _write_json(directory / CONFIG_FILE, config)
+    _write_json(directory / METADATA_FILE, metadata or {})
+    os.replace(tmp_weights, directory / WEIGHTS_FILE)
+    return directory
+
+
+def _write_json(path, data):
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def is_preset_dir(path):
+    path = pathlib.Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_config(directory):
+    return json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
+
+
+def read_metadata(directory):
+    path = pathlib.Path(directory) / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_preset(directory, model_name=None, include_top=True, classes=None, **kwargs):
+    """Builds the network of a preset directory and loads its weights.
+
+    Args:
+        directory: a preset directory.
+        model_name: the registry name the caller expects (checked), or None.
+        include_top: keep the classifier. With `classes` different from the
+            preset's, the pretrained classifier is dropped and a new one built
+            (fine-tuning); this is said once per preset.
+        classes: classifier size; None keeps the preset's.
+        **kwargs: other factory arguments (`input_shape`, `input_tensor`,
+            `pooling`, `classifier_activation`, `name`, ...).
+
+    Returns:
+        A `keras.Model` with `preset_metadata` (the metadata.json dict) attached.
+    """
+    from keras_r21d.models import get_model
+
+    directory = pathlib.Path(directory)
+    if not is_preset_dir(directory):
+        raise FileNotFoundError(
+            f"{os.fspath(directory)!r} is not a preset directory: it needs {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE} (write one with keras_r21d.save_preset or `keras-r21d convert`)."
+        )
+    config = read_config(directory)
+    arch = config.pop("architecture")
+    if model_name is not None and arch != model_name:
+        raise ValueError(
+            f"The weights in {os.fspath(directory)!r} are for {arch!r}, not {model_name!r}; "
+            f"use keras_r21d.get_model({arch!r}, weights=...) instead."
+        )
+    preset_classes = config.pop("classes")
+    frames = config.pop("frames", None)
+    # Only R2D fixes the clip length in its weights; the others take any T.
+    build_frames = frames if arch.startswith("r2d") else kwargs.pop("frames", None)
+    kwargs.pop("frames", None)
+
+    source = get_model(arch, classes=preset_classes, frames=build_frames, **config)
+    source.load_weights(directory / WEIGHTS_FILE)
+
+    new_head = include_top and classes is not None and classes != preset_classes
+    if new_head and os.fspath(directory) not in _dropped_head_warned:
+        _dropped_head_warned.add(os.fspath(directory))
+        print(f"keras_r21d: the preset has {preset_classes} classes and {classes} were asked for: "
+              "its classifier is dropped and a new one initialised for fine-tuning.")
+    target = get_model(arch, include_top=include_top, frames=build_frames,
+                       classes=classes or preset_classes, **config, **kwargs)
+    for layer in target.layers:
+        if not layer.weights or (new_head and layer.name == "fc"):
+            continue
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+    target.preset_metadata = read_metadata(directory)
+    return target

@@ -1,0 +1,1 @@
+"""The preset manifest (presets.json) and model cards, shipped with keras_r21d."""

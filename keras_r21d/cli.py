@@ -79,6 +79,71 @@ def _convert(args):
     print(f"Wrote preset {out} (every checkpoint tensor used, every weight assigned).")
 
 
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
+
+
+def _video_files(paths):
+    import pathlib
+
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            files.append(path)
+    return files
+
+
+def _predict(args):
+    from keras_r21d.data.video import VideoReadError
+    from keras_r21d.inference import clip_length, predict_video
+    from keras_r21d.models import get_model
+
+    model = get_model(args.model, weights=args.weights, frames=args.frames)
+    frames = clip_length(model, args.frames)
+    files = _video_files(args.videos)
+    if not files:
+        raise ValueError(f"No video found in {args.videos}.")
+    progress = _progress(files, disable=args.json or len(files) == 1)
+    results, failed = {}, {}
+    for path in progress:
+        try:
+            results[str(path)] = predict_video(model, path, clips=args.clips, frames=frames, top=args.top)
+        except VideoReadError as error:
+            failed[str(path)] = str(error)
+            progress.write(f"skipped: {error}")
+            continue
+        if not args.json:
+            progress.write(f"{path}  ({args.clips} clips x {frames} frames, mean softmax)")
+            for index, name, prob in results[str(path)]:
+                progress.write(f"  {prob:7.2%}  {name}  ({index})")
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "weights": args.weights, "clips": args.clips, "frames": frames,
+            "predictions": {p: [{"index": i, "label": n, "probability": q} for i, n, q in top]
+                            for p, top in results.items()},
+            "failed": failed,
+        }, indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(files)} videos could not be read.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(items, disable):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a plain loop that can still print
+        class tqdm(list):  # noqa: N801
+            def __init__(self, items, **_):
+                super().__init__(items)
+
+            @staticmethod
+            def write(text):
+                print(text)
+    return tqdm(items, disable=disable, unit="video")
+
+
 def build_parser():
     from keras_r21d.models import list_models
 
@@ -101,6 +166,17 @@ def build_parser():
     demo.add_argument("--model", default="r2plus1d_18", choices=list_models())
     demo.add_argument("--frames", type=int, default=16)
     demo.set_defaults(run=_demo)
+    predict = commands.add_parser("predict", help="classify videos (top classes, mean over clips)")
+    predict.add_argument("videos", nargs="+", help="video files or folders of videos")
+    predict.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    predict.add_argument("--weights", default="kinetics400",
+                         help="preset name or alias, hf://owner/repo[@rev], preset folder or .weights.h5")
+    predict.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video")
+    predict.add_argument("--frames", type=int, default=None, help="clip length (default: the weights')")
+    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(run=_predict)
+
     convert = commands.add_parser(
         "convert", help="convert a PyTorch or Caffe2 checkpoint into a preset directory")
     convert.add_argument("src", help=".pth/.pt (zip or legacy), .safetensors or Caffe2 .pkl file")
@@ -115,11 +191,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
-    except (ValueError, OSError) as error:
+        return args.run(args) or 0
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

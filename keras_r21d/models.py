@@ -42,6 +42,10 @@ def _check_name(name):
         raise ValueError(f"Unknown network {name!r}. Registered networks: {', '.join(close)}.")
 
 
+DEFAULT_CLASSES = 400  # Kinetics-400
+DEFAULT_MIDPLANES = "per_conv"  # the paper's
+
+
 def build_model(
     model_name,
     include_top=True,
@@ -49,17 +53,24 @@ def build_model(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=400,
+    classes=None,
     classifier_activation="softmax",
-    midplanes="per_conv",
+    midplanes=None,
     frames=None,
     name=None,
     **kwargs,
 ):
     """Builds the registered network `model_name`; see `get_model`."""
     _check_name(model_name)
-    if weights is not None:
-        _check_weights_file(weights)
+    if weights is not None and not _is_weights_file(weights):
+        return _from_preset(model_name, weights, include_top=include_top, input_tensor=input_tensor,
+                            input_shape=input_shape, pooling=pooling, classes=classes,
+                            classifier_activation=classifier_activation, midplanes=midplanes,
+                            frames=frames, name=name, **kwargs)
+    if weights is not None and not os.path.isfile(weights):
+        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    classes = DEFAULT_CLASSES if classes is None else classes
+    midplanes = midplanes or DEFAULT_MIDPLANES
     arch, depth = MODELS[model_name]
     stem, stages = ARCHITECTURES[arch]
     model = VideoResNet(
@@ -81,14 +92,24 @@ def build_model(
     return model
 
 
-def _check_weights_file(weights):
-    if not (isinstance(weights, (str, os.PathLike)) and str(weights).endswith(".weights.h5")):
+def _is_weights_file(weights):
+    return isinstance(weights, (str, os.PathLike)) and str(weights).endswith(".weights.h5")
+
+
+def _from_preset(model_name, weights, midplanes=None, frames=None, **kwargs):
+    """A network with pretrained weights: a preset name or alias, hf://..., or a directory."""
+    from keras_r21d.preset_io import load_preset
+    from keras_r21d.presets import resolve_weights
+
+    if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
-            f"`weights` must be None or the path of a `.weights.h5` file saved from the same "
-            f"network; received {weights!r}."
+            "`weights` must be None, a preset name or alias (e.g. 'kinetics400'), "
+            f"'hf://owner/repo[@revision]', a preset directory or a .weights.h5 file; received {weights!r}."
         )
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    directory = resolve_weights(os.fspath(weights), model_name, frames=frames)
+    if midplanes is not None:
+        kwargs["midplanes"] = midplanes  # load_preset refuses it if it contradicts the weights
+    return load_preset(directory, model_name=model_name, frames=frames, **kwargs)
 
 
 def load_weights_file(model, weights):
@@ -126,16 +147,22 @@ FACTORY_DOC = """Instantiates {display} (`{model_name}`) of Tran et al., CVPR 20
 
     Args:
         include_top: whether to end with the global average pool and the classifier.
-        weights: None (random initialisation) or the path of a `.weights.h5` file.
+        weights: None (random initialisation); a preset name or alias such as
+            "kinetics400" (see `keras_r21d.presets.list_presets`); "hf://owner/repo"
+            or "hf://owner/repo@revision"; a local preset directory; or a
+            `.weights.h5` file saved from the same network.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(T, H, W, C)`, channels last; `None` entries allow any size
             ({frames_note}). Defaults to `(frames, None, None, 3)`.
         pooling: without the top: None (the 5D conv5 output), "avg" (the 512-d
             clip embedding) or "max".
-        classes: size of the classifier (400 for Kinetics).
+        classes: size of the classifier; None means the pretrained weights' own,
+            or 400 (Kinetics) without them. With weights and another value, the
+            pretrained classifier is replaced by a new one (fine-tuning).
         classifier_activation: activation of the classifier; None returns logits.
         midplanes: width convention of (2+1)D convs, "per_conv" (paper, Caffe2,
-            ig65m; the default) or "per_block" (torchvision).
+            ig65m; the default) or "per_block" (torchvision). Pretrained weights
+            carry their own.
         frames: clip length T the model is built for (None: any).
         name: model name.
         **kwargs: `widths`, `bn_epsilon`, `bn_momentum`, `stem_midplanes` of
@@ -160,7 +187,7 @@ DESCRIPTIONS = {
 
 def _factory(model_name, factory_name):
     def factory(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                classes=400, classifier_activation="softmax", midplanes="per_conv", frames=None,
+                classes=None, classifier_activation="softmax", midplanes=None, frames=None,
                 name=None, **kwargs):
         return build_model(
             model_name, include_top=include_top, weights=weights, input_tensor=input_tensor,

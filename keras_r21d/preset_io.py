@@ -6,6 +6,7 @@ the weights needs: class names, preprocessing, clip length, source and checksum.
 """
 
 import json
+import logging
 import os
 import pathlib
 
@@ -106,20 +107,33 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             f"use keras_r21d.get_model({arch!r}, weights=...) instead."
         )
     preset_classes = config.pop("classes")
-    frames = config.pop("frames", None)
-    # Only R2D fixes the clip length in its weights; the others take any T.
-    build_frames = frames if arch.startswith("r2d") else kwargs.pop("frames", None)
-    kwargs.pop("frames", None)
+    trained_frames = config.pop("frames", None)
+    asked_frames = kwargs.pop("frames", None)
+    # Only R2D's weights fix the clip length; the others take any T.
+    if arch.startswith("r2d"):
+        if asked_frames not in (None, trained_frames):
+            raise ValueError(f"These R2D weights span {trained_frames} frames; received frames={asked_frames}.")
+        asked_frames = trained_frames
+    clashes = {key: kwargs.pop(key) for key in list(kwargs) if key in config}
+    clashes = {key: value for key, value in clashes.items()
+               if (list(value) if isinstance(value, (list, tuple)) else value) != config[key]}
+    if clashes:
+        raise ValueError(
+            f"The weights in {os.fspath(directory)!r} fix "
+            + ", ".join(f"{key}={config[key]!r}" for key in clashes) + "; received "
+            + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
+        )
 
-    source = get_model(arch, classes=preset_classes, frames=build_frames, **config)
+    source = get_model(arch, classes=preset_classes, frames=asked_frames, **config)
     source.load_weights(directory / WEIGHTS_FILE)
 
     new_head = include_top and classes is not None and classes != preset_classes
     if new_head and os.fspath(directory) not in _dropped_head_warned:
         _dropped_head_warned.add(os.fspath(directory))
-        print(f"keras_r21d: the preset has {preset_classes} classes and {classes} were asked for: "
-              "its classifier is dropped and a new one initialised for fine-tuning.")
-    target = get_model(arch, include_top=include_top, frames=build_frames,
+        logging.getLogger("keras_r21d").warning(
+            "The preset %s has %d classes and %d were asked for: its classifier is dropped and a "
+            "new one initialised for fine-tuning.", os.fspath(directory), preset_classes, classes)
+    target = get_model(arch, include_top=include_top, frames=asked_frames,
                        classes=classes or preset_classes, **config, **kwargs)
     for layer in target.layers:
         if not layer.weights or (new_head and layer.name == "fc"):

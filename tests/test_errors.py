@@ -21,7 +21,7 @@ from keras_r21d import BasicBlock, Conv2Plus1D, Stem, VideoResNet
     (lambda: keras_r21d.R3D18(classes=10.5), r"`classes` must be a positive int.*received 10.5"),
     (lambda: keras_r21d.R3D18(pooling="mean", include_top=False), r"`pooling`.*'mean'"),
     (lambda: keras_r21d.R2Plus1D18(midplanes="per_layer"), r"midplanes convention 'per_layer'.*per_conv"),
-    (lambda: keras_r21d.R3D18(weights="imagenet"), r"`weights` must be None or the path.*'imagenet'"),
+    (lambda: keras_r21d.R3D18(weights=123), r"`weights` must be None, a preset name or alias.*123"),
     (lambda: keras_r21d.R3D18(frames=-4), r"`frames` must be positive ints.*-4"),
     (lambda: VideoResNet(stages=("3d", "4d", "3d", "3d")), r"Unknown stage conv type '4d'"),
     (lambda: VideoResNet(blocks=(2, 2, 2)), r"one entry per stage.*4, 3 and 4"),

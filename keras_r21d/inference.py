@@ -1,0 +1,54 @@
+"""Video-level classification: several clips per video, softmax averaged."""
+
+import numpy as np
+
+DEFAULT_FRAMES = 16
+
+
+def clip_length(model, frames=None):
+    """The clip length to feed `model`: asked, fixed by the network, trained with, or 16."""
+    fixed = model.input_shape[1]
+    trained = getattr(model, "preset_metadata", {}).get("frames")
+    if frames is not None and fixed is not None and frames != fixed:
+        raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
+    return frames or fixed or trained or DEFAULT_FRAMES
+
+
+def sample_clips(video, frames, clips):
+    """`clips` uniformly spaced clips of `frames` frames from a `(N, H, W, 3)` video;
+    a video shorter than a clip is looped."""
+    from keras_r21d.data.video import uniform_clip_starts
+
+    starts = uniform_clip_starts(len(video), frames, clips)
+    return np.stack([video[(start + np.arange(frames)) % len(video)] for start in starts])
+
+
+def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
+    """Top classes of a video file: the mean softmax of `clips` uniformly spaced clips.
+
+    Args:
+        model: a classifier from keras_r21d (pretrained presets carry their labels,
+            clip length and preprocessing).
+        path: a video file PyAV can decode.
+        clips: clips per video (the paper's protocol uses 10, torchvision's 5).
+        frames: clip length; default: the model's own (see `clip_length`).
+        top: how many classes to return.
+        labels: class names; default: those stored with the weights.
+
+    Returns:
+        A list of `(class_index, class_name, probability)`, most likely first.
+    """
+    from keras_r21d.data.video import read_video
+    from keras_r21d.labels import decode_predictions
+    from keras_r21d.preprocessing import preprocess_input
+
+    metadata = getattr(model, "preset_metadata", {})
+    frames = clip_length(model, frames)
+    batch = sample_clips(read_video(path), frames, clips)
+    options = {k: v for k, v in metadata.get("preprocessing", {}).items()
+               if k in ("resize", "crop", "mean", "std")}
+    probs = np.asarray(model.predict(preprocess_input(batch, **options), batch_size=clips, verbose=0))
+    labels = labels or metadata.get("labels")
+    if labels is None and probs.shape[1] != 400:
+        labels = [f"class {i}" for i in range(probs.shape[1])]
+    return decode_predictions(probs.mean(axis=0, keepdims=True), top=top, labels=labels)[0]

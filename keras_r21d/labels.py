@@ -12,7 +12,9 @@ import os
 import keras
 import numpy as np
 
-KINETICS400_URL = "https://raw.githubusercontent.com/deepmind/kinetics-i3d/master/data/label_map.txt"
+KINETICS400_URL = (
+    "https://raw.githubusercontent.com/deepmind/kinetics-i3d/master/data/label_map.txt"
+)
 KINETICS400_SHA256 = "e9f2806fe9109b851a80a74841244f6f8c9d10917fa0229cd82bab67f2f8e28f"
 KINETICS400_FILENAME = "kinetics400_label_map.txt"
 KINETICS400_CLASSES = 400

@@ -122,7 +122,7 @@ def load_weights_file(model, weights):
         ) from error
 
 
-def get_model(name, **overrides):
+def get_model(name, /, **overrides):
     """Builds a registered network by name.
 
     Args:

@@ -12,6 +12,7 @@ costs one 112x112 interpolation per frame.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -60,19 +61,32 @@ def _crop_offset(size, crop):
     return half + (margin % 2) * (half % 2)
 
 
-def _interpolate_axis(x, axis, in_size, out_size, start, count):
-    """Rows `start:start + count` of a bilinear resize of `x` along `axis` to `out_size`.
+def _source_pixels(in_size, out_size, start, count):
+    """Neighbours and weight of the output rows `start:start + count` (PyTorch's rule).
 
-    PyTorch's align_corners=False rule, in float32 as its CPU kernel: source
-    coordinate `(i + 0.5) * in / out - 0.5`, negative values clamped to 0, and the
-    upper neighbour clamped to the last pixel.
+    align_corners=False: source coordinate `scale * (i + 0.5) - 0.5` with
+    `scale = in / out` in float32, negative values clamped to 0, the upper neighbour
+    clamped to the last pixel. PyTorch's CPU kernel evaluates it in float32 with one
+    fused multiply-add; evaluating it in float64 and rounding once to float32 gives
+    the same coordinates bit for bit, where plain float32 is off by an ulp (up to
+    ~1e-2 grey level on 340-pixel frames).
     """
-    scale = ops.cast(in_size, "float32") / float(out_size)
-    source = (ops.cast(ops.arange(start, start + count), "float32") + 0.5) * scale - 0.5
-    source = ops.maximum(source, 0.0)
-    low = ops.minimum(ops.cast(ops.floor(source), "int32"), in_size - 1)
+    index = np.arange(start, start + count, dtype="float64") + 0.5
+    if isinstance(in_size, int):
+        scale = np.float64(np.float32(in_size) / np.float32(out_size))
+        source = np.maximum((scale * index - 0.5).astype("float32"), np.float32(0))
+        low = np.minimum(np.floor(source).astype("int32"), in_size - 1)
+    else:  # size known only when a TF graph runs (tf.data with varying frame sizes)
+        scale = ops.cast(ops.cast(in_size, "float32") / np.float32(out_size), "float64")
+        source = ops.maximum(ops.cast(scale * index - 0.5, "float32"), 0.0)
+        low = ops.minimum(ops.cast(ops.floor(source), "int32"), in_size - 1)
     high = ops.minimum(low + 1, in_size - 1)
-    weight = source - ops.cast(low, "float32")
+    return low, high, ops.subtract(source, ops.cast(low, "float32"))
+
+
+def _interpolate_axis(x, axis, in_size, out_size, start, count):
+    """Rows `start:start + count` of a bilinear resize of `x` along `axis` to `out_size`."""
+    low, high, weight = _source_pixels(in_size, out_size, start, count)
     # Broadcast the weights along the axes after `axis` (H is followed by W and C).
     weight = ops.reshape(weight, (count,) + (1,) * (-axis - 1))
     before = ops.take(x, low, axis=axis)
@@ -88,7 +102,9 @@ def preprocess_input(clips, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN, std=KI
     center-crops `crop` x `crop` with torchvision's offsets
     (`int(round((H - crop) / 2))`, halves to even), scales to [0, 1] and
     normalises `(x / 255 - mean) / std`. The resize is done in float32 and not
-    rounded back to uint8.
+    rounded back to uint8 (torchvision's video preset rounds it when given uint8
+    frames; the two differ by at most half a grey level). In a TF graph with
+    unknown frame sizes, a crop larger than the frame cannot be caught.
 
     Args:
         clips: uint8 (or float 0..255) RGB frames, shape `(T, H, W, 3)` or
@@ -101,14 +117,14 @@ def preprocess_input(clips, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN, std=KI
         std: per-channel standard deviation of the [0, 1] pixels.
 
     Returns:
-        float32 tensor of shape `(..., T, crop, crop, 3)`.
+        float32 tensor of shape `(..., T, crop_height, crop_width, 3)`.
 
     Example:
     >>> import numpy as np
     >>> clip = np.zeros((16, 240, 320, 3), dtype="uint8")
-    >>> x = preprocess_input(clip)
-    >>> tuple(x.shape), str(x.dtype)
-    ((16, 112, 112, 3), 'float32')
+    >>> x = keras.ops.convert_to_numpy(preprocess_input(clip))
+    >>> x.shape, x.dtype
+    ((16, 112, 112, 3), dtype('float32'))
     >>> round(float(x[0, 0, 0, 0]), 4)  # (0 - 0.43216) / 0.22803
     -1.8952
     """

@@ -8,74 +8,69 @@ import struct
 import numpy as np
 
 
-def _string(out, value):
-    data = value if isinstance(value, bytes) else value.encode("latin1")
-    if len(data) < 256:
-        out.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-    else:
-        out.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+class Py2Pickler:
+    """Protocol 2 the way Python 2's cPickle wrote NumPy arrays: `str` as BINSTRING /
+    SHORT_BINSTRING, arrays through numpy.core.multiarray._reconstruct + BUILD."""
 
+    def __init__(self):
+        self.out = io.BytesIO()
 
-def _global(out, module, name):
-    out.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+    def dumps(self, obj):
+        self.out.write(pickle.PROTO + b"\x02")
+        self.write(obj)
+        self.out.write(pickle.STOP)
+        return self.out.getvalue()
 
+    def string(self, data):
+        data = data.encode("latin1") if isinstance(data, str) else data
+        if len(data) < 256:
+            self.out.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.out.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
 
-def _tuple(out, items):
-    out.write(pickle.MARK)
-    for item in items:
-        _write(out, item)
-    out.write(pickle.TUPLE)
+    def tuple(self, items):
+        self.out.write(pickle.MARK)
+        for item in items:
+            self.write(item)
+        self.out.write(pickle.TUPLE)
 
-
-def _array(out, array):
-    array = np.ascontiguousarray(array)
-    _global(out, "numpy.core.multiarray", "_reconstruct")
-    _tuple(out, [("global", "numpy", "ndarray"), (0,), b"b"])
-    out.write(pickle.REDUCE)
-    dtype_code = array.dtype.str[1:]  # e.g. "f4"
-    state_dtype = ("dtype", dtype_code, "<" if array.dtype.itemsize > 1 else "|")
-    _tuple(out, [1, tuple(array.shape), state_dtype, False, array.tobytes()])
-    out.write(pickle.BUILD)
-
-
-def _write(out, obj):
-    if isinstance(obj, tuple) and len(obj) == 3 and obj[0] == "global":
-        _global(out, obj[1], obj[2])
-    elif isinstance(obj, tuple) and len(obj) == 3 and obj[0] == "dtype":
-        _global(out, "numpy", "dtype")
-        _tuple(out, [obj[1], 0, 1])
-        out.write(pickle.REDUCE)
-        _tuple(out, [3, obj[2], None, None, None, -1, -1, 0])
-        out.write(pickle.BUILD)
-    elif isinstance(obj, np.ndarray):
-        _array(out, obj)
-    elif isinstance(obj, dict):
-        out.write(pickle.EMPTY_DICT)
-        for key, value in obj.items():
-            out.write(pickle.MARK)
-            _write(out, key)
-            _write(out, value)
-            out.write(pickle.SETITEMS)
-    elif isinstance(obj, tuple):
-        _tuple(out, obj)
-    elif isinstance(obj, bool):
-        out.write(pickle.NEWTRUE if obj else pickle.NEWFALSE)
-    elif isinstance(obj, int):
-        out.write(pickle.BININT + struct.pack("<i", obj))
-    elif obj is None:
-        out.write(pickle.NONE)
-    elif isinstance(obj, (str, bytes)):
-        _string(out, obj)
-    else:
-        raise TypeError(f"py2_pickle cannot write {type(obj)}")
+    def write(self, obj):
+        w = self.out.write
+        if isinstance(obj, np.ndarray):
+            w(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            w(pickle.MARK + pickle.GLOBAL + b"numpy\nndarray\n")
+            self.tuple([0])
+            self.string("b")
+            w(pickle.TUPLE + pickle.REDUCE)
+            w(pickle.MARK)
+            self.write(1)
+            self.tuple(list(obj.shape))
+            w(pickle.GLOBAL + b"numpy\ndtype\n")
+            self.tuple([obj.dtype.str[1:], 0, 1])
+            w(pickle.REDUCE)
+            self.tuple([3, obj.dtype.str[0], None, None, None, -1, -1, 0])
+            w(pickle.BUILD)
+            w(pickle.NEWFALSE)
+            self.string(np.ascontiguousarray(obj).tobytes())
+            w(pickle.TUPLE + pickle.BUILD)
+        elif isinstance(obj, dict):
+            w(pickle.EMPTY_DICT + pickle.MARK)
+            for key, value in obj.items():
+                self.write(key)
+                self.write(value)
+            w(pickle.SETITEMS)
+        elif obj is None:
+            w(pickle.NONE)
+        elif isinstance(obj, int):
+            w(pickle.BININT + struct.pack("<i", obj))
+        elif isinstance(obj, (str, bytes)):
+            self.string(obj)
+        else:
+            raise TypeError(obj)
 
 
 def dumps(obj):
-    out = io.BytesIO()
-    out.write(pickle.PROTO + bytes([2]))
-    _write(out, obj)
-    out.write(pickle.STOP)
-    return out.getvalue()
+    return Py2Pickler().dumps(obj)
 
 
 def dump(obj, path):

@@ -5,6 +5,7 @@ VideoResNet; the paper's networks with their own stems, per-conv widths, BN eps 
 a separate process, because importing TensorFlow before torchvision crashes here.
 """
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -18,7 +19,9 @@ from keras_r21d import cli
 from keras_r21d.convert import ConversionError, convert_checkpoint, infer_architecture
 from keras_r21d.preset_io import load_preset, read_config, read_metadata
 
-pytest.importorskip("torchvision", reason="the PyTorch reference needs torch and torchvision")
+# Only look for torchvision: importing it after TensorFlow crashes this process.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                                reason="the PyTorch reference needs torch and torchvision")
 
 PAPER = ["r2d_18", "fr2d_18", "r3d_18", "mc2_18", "mc3_18", "mc4_18", "mc5_18",
          "rmc2_18", "rmc3_18", "rmc4_18", "rmc5_18", "r2plus1d_18"]

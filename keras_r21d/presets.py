@@ -1,0 +1,447 @@
+"""Pretrained presets: the manifest, downloads with hash checks, the cache and the Hub.
+
+The manifest (`weights/presets.json`, shipped as `keras_r21d.weights`) names every
+pretrained network: its architecture, the upstream checkpoint (`origin`: URL, file
+name, layout, what checksum is known), the Hugging Face Hub repo it was republished
+to (`hub`, null until one is published), class names, clip length, preprocessing and
+published accuracy. `weights=` of the model factories resolves through
+`resolve_weights`:
+
+- a preset directory (config.json + model.weights.h5 [+ metadata.json]);
+- `"hf://owner/repo"` or `"hf://owner/repo@revision"`: a preset pushed to the Hub
+  (e.g. with `push_to_hub`);
+- a preset name (`"r2plus1d_18_kinetics400_torchvision"`) or an alias
+  (`"kinetics400"`: the first manifest entry for that network, and frame count
+  when one is given).
+
+A preset is fetched once into `cache_dir()/presets/<name>/`: from its Hub repo when
+the manifest names one (pinned revision, sha256 of every file checked), otherwise
+downloaded from its origin (hash checked as far as one is known), converted with
+`keras_r21d.convert.convert_checkpoint` and cached. Nothing half-written or
+unverified is ever left in the cache.
+"""
+
+import copy
+import hashlib
+import http.client
+import importlib.resources
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import urllib.error
+import urllib.request
+
+from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_preset_dir
+
+CACHE_ENV = "KERAS_R21D_CACHE"
+HUB_PREFIX = "hf://"
+PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+
+log = logging.getLogger("keras_r21d")
+
+
+class DownloadError(OSError):
+    """A file could not be fetched or failed its hash check; says how to get it by hand."""
+
+
+def cache_dir():
+    """Where presets and downloads are cached: `$KERAS_R21D_CACHE`, else `~/.keras/keras_r21d`."""
+    return pathlib.Path(os.environ.get(CACHE_ENV) or "~/.keras/keras_r21d").expanduser()
+
+
+# ---------------------------------------------------------------- the manifest
+
+def _manifest():
+    """Every manifest entry, in manifest order (the one place that reads presets.json)."""
+    text = (importlib.resources.files("keras_r21d.weights") / "presets.json").read_text()
+    return json.loads(text)["presets"]
+
+
+def list_presets(model_name=None):
+    """Manifest entries (dicts), in manifest order, optionally only those for `model_name`."""
+    return [copy.deepcopy(e) for e in _manifest() if model_name in (None, e["architecture"])]
+
+
+def get_preset(name):
+    """The manifest entry called `name`."""
+    entries = _manifest()
+    for entry in entries:
+        if entry["name"] == name:
+            return copy.deepcopy(entry)
+    raise ValueError(f"Unknown preset {name!r}. Presets: {', '.join(e['name'] for e in entries)}.")
+
+
+def pretrained_models(alias="kinetics400"):
+    """`{registry name: [frame counts]}` of the networks that have `alias` weights."""
+    found = {}
+    for entry in _manifest():
+        if alias in entry.get("aliases", ()):
+            found.setdefault(entry["architecture"], set()).add(entry["frames"])
+    return {name: sorted(frames) for name, frames in found.items()}
+
+
+# ---------------------------------------------------------------- resolving `weights=`
+
+def resolve_weights(weights, model_name, frames=None):
+    """The local preset directory for a `weights=` value (see the module docstring).
+
+    Args:
+        weights: a preset directory, "hf://owner/repo[@revision]", a preset name or
+            an alias such as "kinetics400".
+        model_name: the registry name being built (a preset must be for it).
+        frames: with an alias, pick the entry trained on this many frames.
+
+    Returns:
+        pathlib.Path of a complete preset directory (downloaded and converted if needed).
+    """
+    weights = os.fspath(weights)
+    if weights.startswith(HUB_PREFIX):
+        return _from_hub_uri(weights)
+    path = pathlib.Path(weights).expanduser()
+    if is_preset_dir(path):
+        return path
+    if path.exists():
+        raise ValueError(
+            f"{weights!r} exists but is not a preset directory: one holds {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE} (written by keras_r21d.preset_io.save_preset or `keras-r21d convert`); "
+            "a .weights.h5 file must end in .weights.h5."
+        )
+    entries = _manifest()
+    by_name = {e["name"]: e for e in entries}
+    if weights in by_name:
+        arch = by_name[weights]["architecture"]
+        if arch != model_name:
+            raise ValueError(
+                f"The preset {weights!r} holds {arch} weights, not {model_name}: use "
+                f"keras_r21d.get_model({arch!r}, weights={weights!r}) or one of the presets for "
+                f"{model_name}: {_names_for(entries, model_name)}."
+            )
+        return fetch_preset(weights)
+    with_alias = [e for e in entries if weights in e.get("aliases", ())]
+    if not with_alias:
+        aliases = sorted({a for e in entries for a in e.get("aliases", ())})
+        raise ValueError(
+            f"Unknown weights {weights!r} for {model_name}: not a preset directory, not "
+            f"'hf://owner/repo[@revision]', not a preset name or alias. Aliases: {', '.join(aliases)}; "
+            f"presets for {model_name}: {_names_for(entries, model_name)}."
+        )
+    for_model = [e for e in with_alias if e["architecture"] == model_name]
+    if not for_model:
+        networks = sorted({e["architecture"] for e in with_alias})
+        raise ValueError(
+            f"No {weights!r} weights for {model_name}; networks with {weights!r} weights: "
+            f"{', '.join(networks)}."
+        )
+    matches = [e for e in for_model if frames is None or e["frames"] == frames]
+    if not matches:
+        counts = " and ".join(str(n) for n in sorted({e["frames"] for e in for_model}))
+        raise ValueError(
+            f"{model_name} has {weights} weights at {counts} frames, not frames={frames}. Pass one of "
+            f"those, or name a preset ({', '.join(e['name'] for e in for_model)}) with frames={frames}: "
+            "the weights of every network but R2D run on clips of any length."
+        )
+    return fetch_preset(matches[0]["name"])
+
+
+def _names_for(entries, model_name):
+    return ", ".join(e["name"] for e in entries if e["architecture"] == model_name) or "none"
+
+
+# ---------------------------------------------------------------- fetching presets
+
+def fetch_preset(name, keep_download=False):
+    """The converted preset `name` in `cache_dir()/presets/<name>/`, fetched if needed.
+
+    From the entry's Hub repo when it has one, else downloaded from its origin,
+    hash-checked and converted. `keep_download` keeps the origin checkpoint in
+    `cache_dir()/downloads/` (deleted after conversion otherwise).
+    """
+    entry = get_preset(name)
+    target = cache_dir() / "presets" / name
+    if _is_complete(target):
+        return target
+    if entry.get("hub"):
+        files = {f: _hub_file(entry["hub"]["repo"], f, entry["hub"]["revision"],
+                              sha256=entry["hub"]["sha256"][f]) for f in PRESET_FILES}
+        _install(target, lambda tmp: [shutil.copyfile(src, tmp / f) for f, src in files.items()])
+        return target
+    origin = entry["origin"]
+    source = cache_dir() / "downloads" / origin["filename"]
+    manual = _manual_steps(entry, source)
+    if source.is_file():  # an earlier download or a file put there by hand: checked again
+        _check_file(source, origin.get("sha256"), origin.get("sha256_prefix"), what=source, manual=manual)
+    else:
+        if _offline():
+            raise DownloadError(
+                f"Preset {name!r} is not in the cache ({target}) and HF_HUB_OFFLINE is set, so its "
+                f"checkpoint is not downloaded. {manual}"
+            )
+        download(origin["url"], source, sha256=origin.get("sha256"),
+                 sha256_prefix=origin.get("sha256_prefix"), manual=manual)
+    metadata = _metadata(entry)
+
+    def convert(tmp):
+        from keras_r21d.convert import convert_checkpoint
+        from keras_r21d.preset_io import read_config
+
+        convert_checkpoint(source, tmp, arch=entry["architecture"], layout=origin["format"],
+                           metadata=metadata)
+        classes = read_config(tmp)["classes"]
+        if classes != entry["classes"]:
+            log.warning("Preset %s: the checkpoint has %d classes, the manifest says %d.",
+                        name, classes, entry["classes"])
+
+    _install(target, convert)
+    if not keep_download:
+        source.unlink(missing_ok=True)
+    return target
+
+
+def _is_complete(directory):
+    return is_preset_dir(directory) and (directory / METADATA_FILE).is_file()
+
+
+def _install(target, write):
+    """Runs `write(tmp)` on a temporary sibling of `target`, then renames it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if target.exists():  # an incomplete leftover
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_complete(target):  # another process finished first
+            return
+        raise
+
+
+def _metadata(entry):
+    labels = None
+    if entry.get("labels") == "kinetics400":
+        from keras_r21d.labels import kinetics400_labels
+
+        try:
+            labels = kinetics400_labels()
+        except Exception as error:  # the weights are still good; names can be fetched later
+            log.warning("Preset %s is cached without class names (%s); decode_predictions fetches "
+                        "the Kinetics-400 names on first use.", entry["name"], error)
+    return {
+        "name": entry["name"], "labels": labels, "label_set": entry.get("labels"),
+        "classes": entry["classes"], "frames": entry["frames"],
+        "preprocessing": entry["preprocessing"], "accuracy": entry["accuracy"],
+        "license": entry["license"], "paper": entry.get("paper"),
+        "source": {"url": entry["origin"]["url"], "description": entry.get("source")},
+    }
+
+
+def _manual_steps(entry, source):
+    origin = entry["origin"]
+    return (
+        f"To get it by hand: download {origin['url']} on a machine with internet access, then either "
+        f"save it as {source} and retry, or run `keras-r21d convert FILE -o DIR --arch "
+        f"{entry['architecture']} --format {origin['format']}` and pass weights=DIR."
+    )
+
+
+def _offline():
+    """HF_HUB_OFFLINE, read now (huggingface_hub itself reads it once, at import)."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    return (bool(getattr(constants, "HF_HUB_OFFLINE", False))
+            or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+
+
+# ---------------------------------------------------------------- downloads and hashes
+
+def download(url, dest, sha256=None, sha256_prefix=None, manual=""):
+    """Downloads `url` to `dest` with a progress bar, checking its size and hash.
+
+    The file is written to `<dest>.partial` and renamed only once complete and
+    verified: a truncated or corrupt download never stays in the cache.
+
+    Args:
+        url: what to download.
+        dest: the final path.
+        sha256: the full sha256 digest, when known.
+        sha256_prefix: the leading hex digits of the sha256 (torch.hub's file-name
+            convention), checked when the full digest is not known.
+        manual: how to get the file by hand, appended to error messages.
+    """
+    dest = pathlib.Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    digest, received, expected = hashlib.sha256(), 0, None
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
+                expected = response.headers.get("Content-Length")
+                expected = int(expected) if expected else None
+                with _progress(expected, dest.name) as bar:
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except http.client.IncompleteRead as error:  # the size check below reports it
+            received += len(error.partial)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            reason = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", error)
+            raise DownloadError(
+                f"Could not download {url} ({reason}); nothing was written to {dest}. {manual}"
+            ) from error
+        if expected is not None and received != expected:
+            raise DownloadError(
+                f"Truncated download of {url}: received {received} of {expected} bytes (the connection "
+                f"closed early); nothing was written to {dest}. Retry, or: {manual}"
+            )
+        _check_digest(digest.hexdigest(), sha256, sha256_prefix, what=url, manual=manual)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def _check_file(path, sha256, sha256_prefix, what, manual="", remove=True):
+    """Checks the file at `path`; on a mismatch deletes it (with `remove`) and raises."""
+    from keras_r21d.convert import sha256_of
+
+    try:
+        _check_digest(sha256_of(path), sha256, sha256_prefix, what=what, manual=manual)
+    except DownloadError:
+        if remove:
+            pathlib.Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _check_digest(actual, sha256=None, sha256_prefix=None, what="", manual=""):
+    if sha256:
+        ok, expected = actual == sha256.lower(), f"sha256 {sha256}"
+    elif sha256_prefix:
+        ok, expected = actual.startswith(sha256_prefix.lower()), f"a sha256 starting with {sha256_prefix}"
+    else:
+        log.info("No checksum was published for %s (sha256 %s); the strict conversion is the check.",
+                 what, actual)
+        return
+    if not ok:
+        raise DownloadError(
+            f"Hash mismatch for {what}: expected {expected}, received sha256 {actual}. The file is "
+            f"corrupt or not the published one and was not kept. {manual}".rstrip()
+        )
+
+
+class _PlainProgress:
+    def __init__(self, total, name):
+        self.total, self.name, self.done, self.shown = total, name, 0, -1
+
+    def update(self, n):
+        self.done += n
+        step = int(10 * self.done / self.total) if self.total else self.done >> 26
+        if step != self.shown:
+            self.shown = step
+            size = f"{self.done / 1e6:.1f}" + (f"/{self.total / 1e6:.1f}" if self.total else "")
+            print(f"\r{self.name}: {size} MB", end="", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        print(file=sys.stderr)
+
+
+def _progress(total, name):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _PlainProgress(total, name)
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024)
+
+
+# ---------------------------------------------------------------- the Hugging Face Hub
+
+def _hub_file(repo_id, filename, revision=None, sha256=None):
+    """Local path of `filename` of a Hub repo (downloaded into the HF cache if needed).
+
+    With `sha256`, the file is checked; a mismatching file is removed from the HF
+    cache and an error raised. HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE are read
+    at call time.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    where = f"{repo_id}@{revision or 'main'}"
+    url = f"https://huggingface.co/{repo_id}/tree/{revision or 'main'}"
+    manual = (f"To get it by hand: download {', '.join(PRESET_FILES)} from {url} into one folder "
+              "and pass that folder as weights=.")
+    try:
+        path = huggingface_hub.hf_hub_download(
+            repo_id, filename, revision=revision, endpoint=os.environ.get("HF_ENDPOINT"),
+            cache_dir=os.environ.get("HF_HUB_CACHE"), local_files_only=_offline(),
+        )
+    except LocalEntryNotFoundError as error:
+        raise DownloadError(
+            f"{filename} of {where} is not in the Hugging Face cache and cannot be downloaded "
+            f"(offline: HF_HUB_OFFLINE is set, or no network). Connect and retry, unset HF_HUB_OFFLINE, "
+            f"or: {manual}"
+        ) from error
+    except EntryNotFoundError as error:
+        raise DownloadError(f"{where} has no {filename}: it is not a keras_r21d preset repo.") from error
+    except (HfHubHTTPError, OSError) as error:
+        raise DownloadError(f"Could not download {filename} of {where}: {error}. {manual}") from error
+    if sha256:
+        blob = os.path.realpath(path)
+        try:
+            _check_file(blob, sha256, None, what=f"{filename} of {where}", manual=manual)
+        except DownloadError:
+            pathlib.Path(path).unlink(missing_ok=True)  # the snapshot link to the removed blob
+            raise
+    return pathlib.Path(path)
+
+
+def _from_hub_uri(uri):
+    spec = uri[len(HUB_PREFIX):]
+    repo_id, at, revision = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (at and not revision):
+        raise ValueError(f"Expected 'hf://owner/repo' or 'hf://owner/repo@revision'; received {uri!r}.")
+    # The first file fixes the commit, so all files come from one snapshot.
+    config = _hub_file(repo_id, CONFIG_FILE, revision or None)
+    commit = config.parent.name
+    for filename in PRESET_FILES[1:]:
+        _hub_file(repo_id, filename, commit)
+    return config.parent
+
+
+def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
+                commit_message="Upload keras_r21d preset"):
+    """Uploads a preset directory to the Hugging Face Hub; returns the commit sha.
+
+    Load it back with `get_model(name, weights="hf://<repo_id>@<commit>")`.
+
+    Args:
+        preset_dir: a directory written by `keras_r21d.preset_io.save_preset`.
+        repo_id: "owner/name"; created (model repo) when it does not exist.
+        revision: branch to commit to (created if needed); None: the default branch.
+        private: create the repo private.
+        token: Hub token; None uses the saved login or HF_TOKEN.
+        commit_message: the commit message.
+    """
+    from huggingface_hub import HfApi
+
+    preset_dir = pathlib.Path(preset_dir)
+    if not is_preset_dir(preset_dir):
+        raise ValueError(
+            f"{os.fspath(preset_dir)!r} is not a preset directory (it needs {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}); write one with keras_r21d.preset_io.save_preset(model, directory)."
+        )
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=preset_dir, revision=revision,
+                             commit_message=commit_message, allow_patterns=[*PRESET_FILES, "README.md"])
+    return info.oid

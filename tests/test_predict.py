@@ -1,0 +1,79 @@
+"""`keras-r21d predict` and `predict_video` on the real videos of ../shared/data."""
+
+import json
+import shutil
+
+import av
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from test_golden import GOLDEN
+
+from keras_r21d import cli
+from keras_r21d.convert import convert_checkpoint
+from keras_r21d.inference import predict_video
+from keras_r21d.preprocessing import preprocess_input
+from keras_r21d.preset_io import load_preset
+
+VIDEOS = SHARED_DATA / "videos"
+pytestmark = pytest.mark.skipif(not VIDEOS.is_dir(), reason=f"real videos not found at {VIDEOS}")
+LABELS = ["north", "east", "south", "west", "still"]
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    # The golden tiny R(2+1)D-18 (5 classes), with class names and a clip length stored.
+    out = tmp_path_factory.mktemp("preset") / "tiny"
+    return convert_checkpoint(GOLDEN / "r2plus1d_tiny.pth", out, metadata={"labels": LABELS, "frames": 8})
+
+
+def decode_all(path):
+    with av.open(str(path), metadata_errors="ignore") as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_predict_video_averages_uniformly_spaced_clips(preset):
+    model = load_preset(preset)
+    path = VIDEOS / "v_SoccerJuggling_g23_c01.avi"
+    frames = decode_all(path)  # 240 frames
+    starts = np.linspace(0, len(frames) - 8, 3).round().astype(int)  # 0, 116, 232
+    clips = np.stack([frames[s:s + 8] for s in starts])
+    expected = np.asarray(model.predict(preprocess_input(clips), verbose=0)).mean(axis=0)
+    top = predict_video(model, path, clips=3, top=5)
+    assert [name for _, name, _ in top] == [LABELS[i] for i in np.argsort(-expected)]
+    np.testing.assert_allclose([p for _, _, p in top], np.sort(expected)[::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_loops_a_video_shorter_than_the_clip(preset):
+    model = load_preset(preset)
+    path = VIDEOS / "TrumanShow_wave_f_nm_np1_fr_med_26.avi"  # 48 frames
+    frames = decode_all(path)
+    clip = frames[np.arange(64) % len(frames)][None]
+    expected = np.asarray(model.predict(preprocess_input(clip), verbose=0))[0]
+    top = predict_video(model, path, clips=1, frames=64, top=1)
+    assert top[0][1] == LABELS[int(np.argmax(expected))]
+    assert top[0][2] == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_cli_predict_every_real_video_as_json(preset, capsys):
+    code = cli.main(["predict", str(VIDEOS), "--weights", str(preset), "--clips", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["failed"] == {}
+    videos = sorted(p.name for p in VIDEOS.iterdir() if p.suffix in (".avi", ".mp4"))
+    assert sorted(p.split("/")[-1] for p in out["predictions"]) == videos
+    for top in out["predictions"].values():
+        probs = [row["probability"] for row in top]
+        assert len(top) == 5 and probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+        assert {row["label"] for row in top} == set(LABELS)
+
+
+def test_cli_predict_prints_top5_and_counts_unreadable_files(preset, tmp_path, capsys):
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"RIFF not a video")
+    shutil.copy(VIDEOS / "test_xvid_mp3.avi", tmp_path / "good.avi")
+    code = cli.main(["predict", str(tmp_path / "good.avi"), str(broken), "--weights", str(preset),
+                     "--clips", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "good.avi" in captured.out and captured.out.count("%") == 5
+    assert "broken.avi" in captured.out + captured.err and "1 of 2 videos could not be read" in captured.err

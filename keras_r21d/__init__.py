@@ -11,6 +11,9 @@ Example:
 
 from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
 from keras_r21d.complexity import count_macs, count_params
+from keras_r21d.convert import convert_checkpoint
+from keras_r21d.inference import predict_video
+from keras_r21d.labels import decode_predictions
 from keras_r21d.layers import BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, midplanes
 from keras_r21d.models import (
     FACTORIES,
@@ -37,5 +40,7 @@ from keras_r21d.models import (
     get_model,
     list_models,
 )
+from keras_r21d.preprocessing import VideoPreprocessing, preprocess_input
+from keras_r21d.preset_io import load_preset, save_preset
 
 __version__ = "0.1.0"

@@ -9,8 +9,10 @@ import time
 def _models_table(args):
     from keras_r21d.complexity import count_macs, count_params
     from keras_r21d.models import display_name, get_model, list_models
+    from keras_r21d.presets import pretrained_models
 
     names = list_models(args.pattern)
+    kinetics = pretrained_models("kinetics400")
     if not names:
         raise SystemExit(f"No registered network matches {args.pattern!r}; see `keras-r21d models`.")
     shape = (args.frames, args.size, args.size, 3)
@@ -18,17 +20,20 @@ def _models_table(args):
     if not args.json:
         print(f"Input {args.frames}x{args.size}x{args.size}x3, {args.classes} classes, "
               f"(2+1)D widths {args.midplanes}; MACs per clip (1 GMAC = 2 GFLOPs).")
-        print(f"{'name':<13} {'network':<12} {'params':>12} {'GMAC':>8} {'T at conv5':>10}")
+        print(f"{'name':<13} {'network':<12} {'params':>12} {'GMAC':>8} {'T at conv5':>10}  "
+              "Kinetics-400 weights")
     for name in names:
         model = get_model(name, input_shape=shape, classes=args.classes, midplanes=args.midplanes)
         row = {
             "name": name, "network": display_name(name), "params": count_params(model),
             "macs": count_macs(model), "conv5_frames": model.get_layer("conv5_1").output.shape[1],
+            "kinetics400_frames": kinetics.get(name, []),
         }
         rows.append(row)
         if not args.json:
             print(f"{name:<13} {row['network']:<12} {row['params']:>12,} {row['macs'] / 1e9:>8.2f} "
-                  f"{row['conv5_frames']:>10}", flush=True)
+                  f"{row['conv5_frames']:>10}  "
+                  + (", ".join(f"{f}f" for f in row["kinetics400_frames"]) or "-"), flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
 

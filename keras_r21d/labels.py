@@ -4,7 +4,8 @@ The Kinetics-400 names come from the I3D release's `data/label_map.txt`
 (deepmind/kinetics-i3d, Apache-2.0), the standard sorted index order that
 torchvision and mmaction2 also use. Like `keras.applications` does for ImageNet,
 the file is downloaded on first use with `keras.utils.get_file`, checked against
-its sha256 and cached under `$KERAS_R21D_CACHE/keras_r21d/` (default `~/.keras`).
+its sha256 and cached in the labels/ folder of the keras_r21d cache
+(`$KERAS_R21D_CACHE`, default `~/.keras/keras_r21d`).
 """
 
 import os
@@ -18,13 +19,14 @@ KINETICS400_URL = (
 KINETICS400_SHA256 = "e9f2806fe9109b851a80a74841244f6f8c9d10917fa0229cd82bab67f2f8e28f"
 KINETICS400_FILENAME = "kinetics400_label_map.txt"
 KINETICS400_CLASSES = 400
-CACHE_SUBDIR = "keras_r21d"
-CACHE_ENV = "KERAS_R21D_CACHE"
+CACHE_SUBDIR = "labels"
 
 
 def cache_root(cache_dir=None):
-    """The cache root: `cache_dir`, else `$KERAS_R21D_CACHE`, else `~/.keras`."""
-    return os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or "~/.keras")
+    """The cache root: `cache_dir`, else keras_r21d's cache (`keras_r21d.presets.cache_dir`)."""
+    from keras_r21d.presets import cache_dir as default_cache_dir
+
+    return os.path.expanduser(cache_dir or default_cache_dir())
 
 
 def read_labels(path):
@@ -68,8 +70,8 @@ def kinetics400_labels(cache_dir=None, url=None):
     put the file by hand.
 
     Args:
-        cache_dir: cache root; the file goes to `<cache_dir>/keras_r21d/`.
-            Defaults to `$KERAS_R21D_CACHE`, else `~/.keras`.
+        cache_dir: cache root; the file goes to `<cache_dir>/labels/`.
+            Defaults to `$KERAS_R21D_CACHE`, else `~/.keras/keras_r21d`.
         url: where to download the label map from.
 
     Returns:
@@ -103,7 +105,7 @@ def kinetics400_labels(cache_dir=None, url=None):
         raise RuntimeError(
             f"Could not get the Kinetics-400 label map from {url}: {error}\n"
             f"Download {KINETICS400_URL} by hand (sha256 {KINETICS400_SHA256}) and save "
-            f"it as {target}, or point ${CACHE_ENV} at a folder holding "
+            f"it as {target}, or point $KERAS_R21D_CACHE at a folder holding "
             f"{CACHE_SUBDIR}/{KINETICS400_FILENAME}."
         ) from error
     names = read_labels(path)

@@ -25,15 +25,30 @@ def display_name(name):
     return f"{DISPLAY_NAMES[arch]}-{depth}"
 
 
-def list_models(pattern=None):
-    """Names of the registered networks, optionally filtered by a glob `pattern`.
+def list_models(pattern=None, pretrained=None):
+    """Names of the registered networks, optionally filtered.
+
+    Args:
+        pattern: a glob on names, e.g. "mc*".
+        pretrained: a weights alias, e.g. "kinetics400": only the networks that
+            have such pretrained weights (`keras_r21d.presets.pretrained_models`
+            tells at which clip lengths).
 
     Example:
     >>> list_models("mc*")
     ['mc2_18', 'mc3_18', 'mc4_18', 'mc5_18']
+    >>> len(list_models(pretrained="kinetics400"))
+    13
     """
     names = list(MODELS)
-    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if pretrained is not None:
+        from keras_r21d.presets import pretrained_models
+
+        available = pretrained_models(pretrained)
+        names = [n for n in names if n in available]
+    return names
 
 
 def _check_name(name):

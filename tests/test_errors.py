@@ -22,6 +22,8 @@ from keras_r21d import BasicBlock, Conv2Plus1D, Stem, VideoResNet
     (lambda: keras_r21d.R3D18(pooling="mean", include_top=False), r"`pooling`.*'mean'"),
     (lambda: keras_r21d.R2Plus1D18(midplanes="per_layer"), r"midplanes convention 'per_layer'.*per_conv"),
     (lambda: keras_r21d.R3D18(weights=123), r"`weights` must be None, a preset name or alias.*123"),
+    (lambda: keras_r21d.R3D18(weights="imagenet"), r"Unknown weights 'imagenet' for r3d_18.*kinetics400"),
+    (lambda: keras_r21d.R3D34(weights="kinetics400"), r"No 'kinetics400' weights for r3d_34"),
     (lambda: keras_r21d.R3D18(frames=-4), r"`frames` must be positive ints.*-4"),
     (lambda: VideoResNet(stages=("3d", "4d", "3d", "3d")), r"Unknown stage conv type '4d'"),
     (lambda: VideoResNet(blocks=(2, 2, 2)), r"one entry per stage.*4, 3 and 4"),

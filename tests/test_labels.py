@@ -96,7 +96,7 @@ def test_download_then_cache(server, cache, monkeypatch):
     names = kinetics400_labels()
     assert names == KINETICS_FILE.read_text().splitlines()
     assert len(names) == 400 and names[0] == "abseiling" and names[-1] == "zumba"
-    cached = cache / "keras_r21d" / labels.KINETICS400_FILENAME
+    cached = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
     assert cached.read_bytes() == files["/label_map.txt"]
     stop()  # the second call must not need the network
     assert kinetics400_labels() == names
@@ -113,7 +113,7 @@ def test_explicit_url_and_cache_dir_override_the_defaults(server, tmp_path, monk
     monkeypatch.setenv("KERAS_R21D_CACHE", str(tmp_path / "not_used"))
     names = kinetics400_labels(cache_dir=str(tmp_path / "mine"), url=base + "/k400.txt")
     assert len(names) == 400
-    assert (tmp_path / "mine" / "keras_r21d" / labels.KINETICS400_FILENAME).exists()
+    assert (tmp_path / "mine" / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME).exists()
     assert not (tmp_path / "not_used").exists()
 
 
@@ -123,12 +123,12 @@ def test_wrong_hash_is_explained_and_leaves_nothing(server, cache):
     with pytest.raises(RuntimeError) as error:
         kinetics400_labels(url=base + "/label_map.txt")
     message = str(error.value)
-    target = cache / "keras_r21d" / labels.KINETICS400_FILENAME
+    target = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
     assert "hash does not match" in message
     assert labels.KINETICS400_URL in message and labels.KINETICS400_SHA256 in message
     assert f"save it as {target}" in message
     assert not target.exists()
-    assert list((cache / "keras_r21d").iterdir()) == []
+    assert list((cache / labels.CACHE_SUBDIR).iterdir()) == []
 
 
 def test_unreachable_host_is_explained(cache):
@@ -136,7 +136,7 @@ def test_unreachable_host_is_explained(cache):
     with pytest.raises(RuntimeError, match=r"Could not get the Kinetics-400 label map from "
                                            + url.replace(".", r"\.")) as error:
         kinetics400_labels(url=url)
-    target = cache / "keras_r21d" / labels.KINETICS400_FILENAME
+    target = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
     assert "URL fetch failure" in str(error.value)
     assert f"save it as {target}" in str(error.value)
     assert not target.exists()
@@ -150,8 +150,8 @@ def test_missing_file_is_explained(server, cache):
 
 @needs_shared
 def test_file_placed_by_hand_is_used(cache):
-    (cache / "keras_r21d").mkdir(parents=True)
-    (cache / "keras_r21d" / labels.KINETICS400_FILENAME).write_bytes(KINETICS_FILE.read_bytes())
+    (cache / labels.CACHE_SUBDIR).mkdir(parents=True)
+    (cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME).write_bytes(KINETICS_FILE.read_bytes())
     url = f"http://127.0.0.1:{_closed_port()}/label_map.txt"
     assert len(kinetics400_labels(url=url)) == 400
 

@@ -21,8 +21,7 @@ import pytest
 import keras_r21d
 from keras_r21d import presets
 from keras_r21d.convert import LAYOUTS, source_keys
-from keras_r21d.preset_io import (CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, load_preset, read_metadata,
-                                  save_preset)
+from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_metadata, save_preset
 
 ARCH = "r2plus1d_18"
 PAPER_NETWORKS = ["r2d_18", "fr2d_18", "r3d_18", "mc2_18", "mc3_18", "mc4_18", "mc5_18",
@@ -49,8 +48,8 @@ def logits(model):
 
 
 def load(weights):
-    """What `get_model(ARCH, weights=weights, classifier_activation=None)` builds."""
-    return load_preset(presets.resolve_weights(weights, ARCH), model_name=ARCH, classifier_activation=None)
+    """The tiny network with `weights=` resolved by keras_r21d.presets, returning logits."""
+    return keras_r21d.get_model(ARCH, weights=weights, classifier_activation=None)
 
 
 def safetensors_bytes(model):

@@ -80,7 +80,16 @@ def _demo(args):
 def _convert(args):
     from keras_r21d.convert import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.output, arch=args.arch, layout=args.format)
+    metadata = {"frames": args.frames}
+    if args.labels == "kinetics400":
+        from keras_r21d.labels import kinetics400_labels
+
+        metadata["labels"] = kinetics400_labels()
+    elif args.labels:
+        from keras_r21d.labels import read_labels
+
+        metadata["labels"] = read_labels(args.labels)
+    out = convert_checkpoint(args.src, args.output, arch=args.arch, layout=args.format, metadata=metadata)
     print(f"Wrote preset {out} (every checkpoint tensor used, every weight assigned).")
 
 
@@ -189,6 +198,8 @@ def build_parser():
     convert.add_argument("--arch", choices=list_models(), help="expected network (default: inferred)")
     convert.add_argument("--format", choices=("torchvision", "ig65m", "caffe2"),
                          help="checkpoint layout (default: detected)")
+    convert.add_argument("--labels", help="class names: a file with one per line, or 'kinetics400'")
+    convert.add_argument("--frames", type=int, help="clip length the checkpoint was trained on")
     convert.set_defaults(run=_convert)
     return parser
 

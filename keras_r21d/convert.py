@@ -25,6 +25,7 @@ import numpy as np
 from keras_r21d.backbone import ARCHITECTURES, DEPTHS
 from keras_r21d.layers import midplanes as midplanes_formula
 from keras_r21d.models import MODELS, get_model
+from keras_r21d.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
 
 LAYOUTS = ("torchvision", "ig65m", "caffe2")
 BN_EPSILON = {"torchvision": 1e-5, "ig65m": 1e-3, "caffe2": 1e-3}
@@ -304,7 +305,14 @@ def convert_checkpoint(src, output_dir, arch=None, layout=None, metadata=None):
     model = get_model(config.pop("architecture"), **config)
     assign_weights(model, tensors, layout)
     metadata = dict(metadata or {})
-    metadata.setdefault("frames", config["frames"])
+    if metadata.get("frames") is None:
+        metadata["frames"] = config["frames"]
+    # Every upstream checkpoint of these networks expects the Kinetics preprocessing.
+    metadata.setdefault("preprocessing", {"resize": list(RESIZE), "crop": CROP,
+                                          "mean": list(KINETICS_MEAN), "std": list(KINETICS_STD)})
+    labels = metadata.setdefault("labels", None)
+    if labels is not None and len(labels) != config["classes"]:
+        raise ValueError(f"{len(labels)} class names were given for a checkpoint of {config['classes']} classes.")
     metadata["source"] = {**metadata.get("source", {}), "file": pathlib.Path(src).name,
                           "format": layout, "sha256": sha256_of(src)}
     return save_preset(model, output_dir, metadata)

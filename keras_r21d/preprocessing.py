@@ -80,6 +80,8 @@ def _source_pixels(in_size, out_size, start, count):
         scale = ops.cast(ops.cast(in_size, "float32") / np.float32(out_size), "float64")
         source = ops.maximum(ops.cast(scale * index - 0.5, "float32"), 0.0)
         low = ops.minimum(ops.cast(ops.floor(source), "int32"), in_size - 1)
+    if isinstance(in_size, int):
+        return low, np.minimum(low + 1, in_size - 1), source - low.astype("float32")
     high = ops.minimum(low + 1, in_size - 1)
     return low, high, ops.subtract(source, ops.cast(low, "float32"))
 
@@ -92,6 +94,30 @@ def _interpolate_axis(x, axis, in_size, out_size, start, count):
     before = ops.take(x, low, axis=axis)
     after = ops.take(x, high, axis=axis)
     return before + (after - before) * weight
+
+
+def resize_crop_numpy(frames, resize, top, left, crop):
+    """The `crop` window at (`top`, `left`) of frames resized to `resize`, in NumPy.
+
+    The same arithmetic as `preprocess_input`'s resize (bit for bit), for data
+    pipelines that crop anywhere (random crops) and run outside any Keras backend.
+
+    Args:
+        frames: uint8 or float array `(T, H, W, C)`.
+        resize: `(H, W)` to resize to.
+        top, left: corner of the window in the resized frames.
+        crop: `(h, w)` of the window.
+
+    Returns:
+        float32 array `(T, h, w, C)`.
+    """
+    x = np.asarray(frames, dtype="float32")
+    for axis, (size, start, count) in enumerate(zip(resize, (top, left), crop), start=1):
+        low, high, weight = _source_pixels(x.shape[axis], size, start, count)
+        weight = weight.reshape((count,) + (1,) * (x.ndim - axis - 1))
+        before, after = np.take(x, low, axis=axis), np.take(x, high, axis=axis)
+        x = before + (after - before) * weight
+    return x
 
 
 def preprocess_input(clips, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN, std=KINETICS_STD):

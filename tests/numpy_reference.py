@@ -33,3 +33,27 @@ def relu(x):
 
 def bn_params(layer):
     return [np.asarray(v) for v in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)]
+
+
+def _interpolation_matrix(in_size, out_size):
+    """(out, in) matrix of PyTorch's bilinear, align_corners=False, in float64.
+
+    The source coordinates are rounded to float32 once, as PyTorch's CPU kernel
+    computes them for float32 frames (a float32 scale and one fused multiply-add).
+    """
+    scale = float(np.float32(in_size) / np.float32(out_size))
+    matrix = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        source = max(float(np.float32(scale * (i + 0.5) - 0.5)), 0.0)
+        low = min(int(source), in_size - 1)
+        high = min(low + 1, in_size - 1)
+        matrix[i, low] += 1.0 - (source - low)
+        matrix[i, high] += source - low
+    return matrix
+
+
+def bilinear_resize(x, size):
+    """Resizes the H, W axes (-3, -2) of `x` to `size` as PyTorch's bilinear, in float64."""
+    rows = _interpolation_matrix(x.shape[-3], size[0])
+    cols = _interpolation_matrix(x.shape[-2], size[1])
+    return np.einsum("oh,...hwc,pw->...opc", rows, x.astype("float64"), cols, optimize=True)

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import keras
+from numpy_reference import bilinear_resize
 from keras_r21d import preprocessing
 from keras_r21d.preprocessing import (
     CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, VideoPreprocessing, preprocess_input,
@@ -84,29 +85,10 @@ def _clip(rng, batch, frames, height, width):
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def _interpolation_matrix(in_size, out_size):
-    """(out, in) matrix of PyTorch's bilinear, align_corners=False, in float64.
-
-    The source coordinates are rounded to float32 once, as PyTorch's CPU kernel
-    computes them for float32 frames (a float32 scale and one fused multiply-add).
-    """
-    scale = float(np.float32(in_size) / np.float32(out_size))
-    matrix = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        source = max(float(np.float32(scale * (i + 0.5) - 0.5)), 0.0)
-        low = min(int(source), in_size - 1)
-        high = min(low + 1, in_size - 1)
-        matrix[i, low] += 1.0 - (source - low)
-        matrix[i, high] += source - low
-    return matrix
-
-
 def numpy_reference(clip, resize=RESIZE, crop=CROP):
     x = clip.astype("float64")
     if resize is not None:
-        rows = _interpolation_matrix(x.shape[-3], resize[0])
-        cols = _interpolation_matrix(x.shape[-2], resize[1])
-        x = np.einsum("oh,...hwc,pw->...opc", rows, x, cols, optimize=True)
+        x = bilinear_resize(x, resize)
     if crop is not None:
         # torchvision's center_crop offsets.
         top = int(round((x.shape[-3] - crop) / 2.0))

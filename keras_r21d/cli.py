@@ -158,6 +158,21 @@ def _progress(items, disable):
     return tqdm(items, disable=disable, unit="video")
 
 
+def _bench_data(args):
+    import pathlib
+
+    from keras_r21d.benchmarks import data_throughput, format_data_table
+
+    files = _video_files([args.videos])
+    if not files:
+        raise ValueError(f"No video found in {args.videos!r}; pass a folder of videos.")
+    result = data_throughput([(path, 0) for path in files], model_name=args.model, frames=args.frames,
+                             batch_size=args.batch_size, batches=args.batches, train_steps=args.steps)
+    print(format_data_table(result))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def build_parser():
     from keras_r21d.models import list_models
 
@@ -190,6 +205,16 @@ def build_parser():
     predict.add_argument("--top", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(run=_predict)
+
+    bench = commands.add_parser("bench-data", help="clips/s of the data pipeline vs. the model's training")
+    bench.add_argument("videos", nargs="?", default="../shared/data/videos", help="folder of videos")
+    bench.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    bench.add_argument("--frames", type=int, default=16)
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--batches", type=int, default=6, help="pipeline batches timed")
+    bench.add_argument("--steps", type=int, default=3, help="training steps timed")
+    bench.add_argument("--json", help="also write the results to this file")
+    bench.set_defaults(run=_bench_data)
 
     convert = commands.add_parser(
         "convert", help="convert a PyTorch or Caffe2 checkpoint into a preset directory")

@@ -212,9 +212,10 @@ def clip_dataset(
         # One random number per element, a new stream every epoch, reproducible by seed.
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, randoms).map(load_train, num_parallel_calls=parallel, deterministic=True)
-        ds = ds.filter(lambda x, label, ok: ok).map(lambda x, label, ok: decoded(x, label))
+        ds = ds.filter(lambda x, label, ok: ok)
+        ds = ds.map(lambda x, label, _: decoded(x, label))
     else:
         ds = ds.map(load_eval, num_parallel_calls=parallel, deterministic=True).unbatch().map(decoded)
         if not with_video_index:
-            ds = ds.map(lambda x, label, index: (x, label))
+            ds = ds.map(lambda x, label, _: (x, label))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

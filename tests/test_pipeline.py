@@ -125,7 +125,7 @@ def test_unreadable_videos_are_skipped_and_counted(tmp_path):
     ds = clip_dataset([(good, 0), (bad, 1)], training=True, frames=4, resize=(40, 52), crop=32,
                       skipped=skipped)
     labels = [int(y) for _, yb in ds for y in yb.numpy()]
-    assert labels == [0] and len(skipped) == 1 and "bad.avi" in skipped.summary()
+    assert labels == [0, 0] and len(skipped) == 1 and "bad.avi" in skipped.summary()  # replaced
     eval_labels = [int(y) for _, yb in clip_dataset([(bad, 1), (good, 0)], training=False, frames=4,
                                                      resize=None, crop=32, skipped=skipped) for y in yb]
     assert eval_labels == [0] * 10
@@ -185,3 +185,31 @@ def test_model_fit_on_a_generated_dataset(tmp_path, backend):
                          timeout=600, cwd=pathlib.Path(__file__).parent)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"fit ok {backend}" in run.stdout
+
+
+def test_epoch_datasets_are_rebuilt_exactly_and_resume_mid_epoch(tmp_path):
+    rng = np.random.default_rng(3)
+    videos = []
+    for k in range(6):
+        path = tmp_path / f"v{k}.avi"
+        write_video(path, rng.integers(0, 255, (12, 40, 40, 3), dtype=np.uint8))
+        videos.append((path, k))
+
+    def epoch(e, start_batch=0):
+        ds = clip_dataset(videos, training=True, frames=4, resize=(36, 36), crop=32, batch_size=2,
+                          seed=5, epoch=e, start_batch=start_batch)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    first = epoch(0)
+    assert len(first) == 3 and sorted(np.concatenate([y for _, y in first])) == list(range(6))
+    again = epoch(0)
+    for (xa, ya), (xb, yb) in zip(first, again):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    resumed = epoch(0, start_batch=1)  # batches 1 and 2 of the same epoch
+    assert len(resumed) == 2
+    for (xa, ya), (xb, yb) in zip(first[1:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    other = epoch(1)
+    assert not all(np.array_equal(ya, yb) and np.array_equal(xa, xb) for (xa, ya), (xb, yb) in zip(first, other))

@@ -99,6 +99,8 @@ def clip_dataset(
     skipped=None,
     num_parallel_calls=None,
     with_video_index=False,
+    epoch=None,
+    start_batch=0,
 ):
     """A `tf.data.Dataset` of `(clips, labels)` batches for `model.fit` / `evaluate`.
 
@@ -121,11 +123,19 @@ def clip_dataset(
         shard: `(num_shards, index)`: keep only every num_shards-th video from
             `index`, for one process of a multi-process run.
         skipped: a `SkippedVideos` that collects unreadable videos; they are
-            skipped (and counted) instead of failing the epoch. None: an
-            unreadable video raises.
+            skipped (and counted) instead of failing the epoch: in training the
+            next readable video of the list takes the place of an unreadable one,
+            so an epoch keeps its number of batches. None: an unreadable video
+            raises.
         num_parallel_calls: decoding workers (default: tf.data.AUTOTUNE).
         with_video_index: evaluation: also yield each clip's index in `videos`,
             to average the clips of a video (video-level accuracy).
+        epoch: training only. None: the dataset is reshuffled and re-augmented at
+            every iteration (plain `model.fit(..., epochs=n)`). An int: a one-epoch
+            dataset whose order and augmentation depend only on `(seed, epoch)`, so
+            that an interrupted epoch can be rebuilt exactly (`keras_r21d.finetune`).
+        start_batch: with `epoch`, skip the first batches of that epoch without
+            decoding them (resuming mid-epoch).
 
     Returns:
         `tf.data.Dataset` of `(float32 clips (B, T, crop, crop, 3), int32 labels (B,))`,
@@ -154,6 +164,14 @@ def clip_dataset(
             raise ValueError(f"`shard` must be (num_shards, index) with 0 <= index < num_shards; received {shard}.")
         paths, labels, indices = paths[shard_index::num_shards], labels[shard_index::num_shards], \
             indices[shard_index::num_shards]
+    if epoch is not None and training:
+        # The epoch's order and per-video random streams follow from (seed, epoch) alone.
+        order = np.random.default_rng([seed, epoch]).permutation(len(paths)) if shuffle else \
+            np.arange(len(paths))
+        order = order[start_batch * batch_size:]
+        paths, labels, indices = [paths[i] for i in order], labels[order], indices[order]
+        if not paths:
+            raise ValueError(f"start_batch={start_batch} is past the end of the epoch.")
     span = (frames - 1) * stride + 1
     output = (frames, crop, crop, 3)
 
@@ -162,22 +180,26 @@ def clip_dataset(
             raise error
         skipped.add(path, str(error))
 
-    def train_clip(path, label, element_seed):
-        path = path.decode()
+    def train_clip(position, element_seed):
+        # An unreadable video is replaced by the next readable one of the list, so every
+        # epoch has exactly its number of batches (what Keras's step counting expects).
         rng = np.random.default_rng(int(element_seed) & 0x7FFFFFFFFFFFFFFF)
-        try:
-            num_frames = count_frames(path)
-            head = read_clip(path, 0, 1)  # the frame size
-            start, size, top, left, flipped = augmentation_params(
-                rng, num_frames, frames, stride, head.shape[1:3], resize, crop, scale_jitter, flip)
-            clip = read_clip(path, start, frames, stride)
-        except (VideoReadError, ValueError) as error:
-            failed(path, error)
-            return np.zeros(output, "float32"), label, False
-        x = resize_crop_numpy(clip, size, top, left, (crop, crop))
-        if flipped:
-            x = x[:, :, ::-1]
-        return normalize(x), label, True
+        for offset in range(len(paths)):
+            k = (int(position) + offset) % len(paths)
+            try:
+                num_frames = count_frames(paths[k])
+                head = read_clip(paths[k], 0, 1)  # the frame size
+                start, size, top, left, flipped = augmentation_params(
+                    rng, num_frames, frames, stride, head.shape[1:3], resize, crop, scale_jitter, flip)
+                clip = read_clip(paths[k], start, frames, stride)
+            except (VideoReadError, ValueError) as error:
+                failed(paths[k], error)
+                continue
+            x = resize_crop_numpy(clip, size, top, left, (crop, crop))
+            if flipped:
+                x = x[:, :, ::-1]
+            return normalize(x), labels[k]
+        raise VideoReadError(f"None of the {len(paths)} videos could be read; see the log.")
 
     def eval_clips(path, label, index):
         path = path.decode()
@@ -194,9 +216,8 @@ def clip_dataset(
         x = np.stack([normalize(resize_crop_numpy(c, size, top, left, (crop, crop))) for c in clips])
         return x, np.full(len(clips), label, "int32"), np.full(len(clips), index, "int32")
 
-    def load_train(item, random):
-        path, label, _ = item
-        return tf.numpy_function(train_clip, [path, label, random], (tf.float32, tf.int32, tf.bool))
+    def load_train(position, random):
+        return tf.numpy_function(train_clip, [position, random], (tf.float32, tf.int32))
 
     def load_eval(path, label, index):
         return tf.numpy_function(eval_clips, [path, label, index], (tf.float32, tf.int32, tf.int32))
@@ -205,16 +226,21 @@ def clip_dataset(
         return (tf.ensure_shape(x, output), tf.ensure_shape(label, ()), *rest)
 
     parallel = num_parallel_calls or tf.data.AUTOTUNE
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, indices))
     if training:
-        if shuffle:
-            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        # One random number per element, a new stream every epoch, reproducible by seed.
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.range(len(paths))
+        if epoch is None:
+            if shuffle:
+                ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+            # One random number per element, a new stream every epoch, reproducible by seed.
+            randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        else:
+            randoms = tf.data.Dataset.from_tensor_slices(
+                np.asarray([np.random.SeedSequence([seed, epoch, int(i)]).generate_state(1)[0]
+                            for i in indices], "int64"))
         ds = tf.data.Dataset.zip(ds, randoms).map(load_train, num_parallel_calls=parallel, deterministic=True)
-        ds = ds.filter(lambda x, label, ok: ok)
-        ds = ds.map(lambda x, label, _: decoded(x, label))
+        ds = ds.map(decoded)
     else:
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels, indices))
         ds = ds.map(load_eval, num_parallel_calls=parallel, deterministic=True).unbatch().map(decoded)
         if not with_video_index:
             ds = ds.map(lambda x, label, _: (x, label))

@@ -1,0 +1,297 @@
+"""Fine-tuning: `keras_r21d.finetune`, behind `keras-r21d finetune`.
+
+The paper's recipe (section 4.1 and the official fine-tuning scripts): random crops of
+128x171 frames, random flips, consecutive frames with temporal jitter, SGD with
+momentum, a warm-up, then a decaying learning rate; optionally train on short clips
+and fine-tune on long ones ("train short, fine-tune long", section 4.4), which the
+networks allow because they take any clip length.
+
+Interruptions lose nothing: the run directory holds a checkpoint (weights, optimizer
+state with its step counter, hence the learning-rate schedule) and the position in the
+current epoch, written every `checkpoint_every` steps and at every epoch end. Each
+epoch's clip order and augmentation follow from `(seed, epoch)`, so a resumed run
+rebuilds the interrupted epoch and skips exactly the batches already trained on.
+"""
+
+import json
+import math
+import os
+import pathlib
+import time
+
+import keras
+import numpy as np
+
+CHECKPOINT = "checkpoint.weights.h5"
+STATE = "state.json"
+
+
+def _write_json(path, data):
+    tmp = pathlib.Path(f"{path}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def learning_rate_schedule(base, steps_per_epoch, epochs, warmup_epochs=1, schedule="cosine",
+                           decay_every=10, decay=0.1):
+    """A Keras schedule: linear warm-up, then cosine to 0, a step decay or constant.
+
+    `schedule="step"` is the paper's (lr divided by 10 every `decay_every` epochs);
+    "cosine" suits short fine-tuning runs. It is a function of the optimizer's step
+    counter, so restoring the optimizer restores the schedule.
+    """
+    if schedule not in WarmupSchedule.KINDS:
+        raise ValueError(f"Unknown schedule {schedule!r}; expected one of {WarmupSchedule.KINDS}.")
+    warmup = int(warmup_epochs * steps_per_epoch)
+    return WarmupSchedule(base, warmup, max(int(epochs * steps_per_epoch), warmup + 1), schedule,
+                          decay_every * steps_per_epoch, decay)
+
+
+@keras.saving.register_keras_serializable(package="keras_r21d")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up over `warmup_steps`, then "cosine", "step" or "constant"."""
+
+    KINDS = ("cosine", "step", "constant")
+
+    def __init__(self, base, warmup_steps, total_steps, kind="cosine", decay_steps=1, decay=0.1):
+        self.base, self.warmup_steps, self.total_steps = base, warmup_steps, total_steps
+        self.kind, self.decay_steps, self.decay = kind, decay_steps, decay
+
+    def __call__(self, step):
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        ramp = self.base * (step + 1.0) / max(self.warmup_steps, 1)
+        if self.kind == "cosine":
+            progress = ops.minimum((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
+            rate = 0.5 * self.base * (1.0 + ops.cos(math.pi * progress))
+        elif self.kind == "step":
+            rate = self.base * ops.power(self.decay, ops.floor(step / self.decay_steps))
+        else:
+            rate = self.base + 0.0 * step
+        return ops.where(step < self.warmup_steps, ramp, rate)
+
+    def get_config(self):
+        return {"base": self.base, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "kind": self.kind, "decay_steps": self.decay_steps, "decay": self.decay}
+
+
+class _Checkpointer:
+    """Keras callback factory: saves weights + optimizer and the position in the epoch."""
+
+    def __init__(self, run_dir, every):
+        self.run_dir, self.every = pathlib.Path(run_dir), every
+
+    def save(self, model, epoch, batches_done):
+        tmp = self.run_dir / f"{CHECKPOINT}.partial.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+        _write_json(self.run_dir / STATE, {"epoch": epoch, "batches_done": batches_done,
+                                           "time": time.time()})
+
+    def callback(self, epoch, first_batch):
+        import keras
+
+        checkpointer = self
+
+        class Save(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                done = first_batch + batch + 1
+                if checkpointer.every and done % checkpointer.every == 0:
+                    checkpointer.save(self.model, epoch, done)
+
+        return Save()
+
+
+def load_run_state(run_dir):
+    """`{"epoch": e, "batches_done": k}` of an interrupted run, or None."""
+    path = pathlib.Path(run_dir) / STATE
+    if not path.is_file() or not (pathlib.Path(run_dir) / CHECKPOINT).is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def finetune(
+    dataset="ucf101",
+    root=None,
+    split=1,
+    splits_dir=None,
+    train_videos=None,
+    val_videos=None,
+    labels=None,
+    model="r2plus1d_18",
+    weights="kinetics400",
+    frames=16,
+    stride=1,
+    batch_size=8,
+    epochs=8,
+    long_frames=None,
+    long_epochs=0,
+    optimizer="sgd",
+    learning_rate=1e-3,
+    momentum=0.9,
+    weight_decay=1e-4,
+    warmup_epochs=1,
+    schedule="cosine",
+    mixed_precision=False,
+    output_dir="runs/finetune",
+    checkpoint_every=100,
+    validate=True,
+    seed=0,
+    push_to_hub=None,
+    progress=True,
+    shard=None,
+    model_kwargs=None,
+):
+    """Fine-tunes a network of the zoo on a video dataset; resumes an interrupted run.
+
+    Args:
+        dataset: "ucf101", "hmdb51" (official splits) or "folder" (a folder per
+            class under `root`); ignored when `train_videos` is given.
+        root: the dataset's video folder.
+        split: official split 1, 2 or 3.
+        splits_dir: where the official split files are (default: beside root).
+        train_videos, val_videos, labels: instead of a dataset, lists of
+            `(path, label)` and the class names.
+        model: registry name, or a built `keras.Model`.
+        weights: pretrained weights for the backbone (preset, hf://, folder) or None.
+        frames, stride: training clip length and temporal stride.
+        batch_size, epochs: as usual; `epochs` at `frames`.
+        long_frames, long_epochs: then `long_epochs` more epochs on clips of
+            `long_frames` (the paper's train short, fine-tune long).
+        optimizer: "sgd" (with `momentum`, the paper's) or "adam".
+        learning_rate, weight_decay, warmup_epochs, schedule: see
+            `learning_rate_schedule`.
+        mixed_precision: train in mixed bfloat16.
+        output_dir: the run directory: checkpoint, state.json, metrics.csv,
+            history.json, tensorboard/, curves.png and the final preset in preset/.
+            A run directory with a checkpoint is resumed.
+        checkpoint_every: also checkpoint every this many steps (None: epoch ends only).
+        validate: evaluate clip accuracy on `val_videos` (the split's test list)
+            after every epoch.
+        seed: seed of the clip order and augmentation.
+        push_to_hub: "owner/repo" to upload the final preset to.
+        progress: show Keras progress bars.
+        shard: `(num_processes, process_index)` of a multi-process run.
+        model_kwargs: extra `get_model` arguments (e.g. `widths` for small nets).
+
+    Returns:
+        dict with `history` (per-epoch metrics), `preset` (directory) and `run_dir`.
+    """
+    import keras
+
+    from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
+    from keras_r21d.models import get_model
+    from keras_r21d.preset_io import save_preset
+
+    run_dir = pathlib.Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if train_videos is None:
+        from keras_r21d.data.splits import class_names, folder_dataset, load_split
+
+        if dataset == "folder":
+            train_videos, labels = folder_dataset(root)
+            val_videos = val_videos or []
+        else:
+            train_videos = load_split(dataset, root, split=split, subset="train", splits_dir=splits_dir)
+            val_videos = load_split(dataset, root, split=split, subset="test", splits_dir=splits_dir)
+            labels = class_names(dataset, splits_dir=splits_dir)
+    if not train_videos:
+        raise ValueError("No training video: check `root`, `dataset` and `split`.")
+    num_classes = len(labels) if labels else 1 + max(label for _, label in train_videos)
+    total_epochs = epochs + (long_epochs if long_frames else 0)
+    steps_per_epoch = math.ceil(len(train_videos[shard[1]::shard[0]] if shard else train_videos) / batch_size)
+
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    if isinstance(model, str):
+        model_name = model
+        model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
+    else:
+        model_name = getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
+    schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs, schedule)
+    if optimizer == "sgd":
+        opt = keras.optimizers.SGD(schedule_fn, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = keras.optimizers.AdamW(schedule_fn, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    checkpointer = _Checkpointer(run_dir, checkpoint_every)
+    state = load_run_state(run_dir)
+    start_epoch, start_batch = 0, 0
+    if state is not None:
+        opt.build(model.trainable_variables)
+        model.load_weights(run_dir / CHECKPOINT)
+        start_epoch, start_batch = state["epoch"], state["batches_done"]
+        if start_batch >= steps_per_epoch:
+            start_epoch, start_batch = start_epoch + 1, 0
+        print(f"Resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch} "
+              f"(optimizer step {int(opt.iterations.numpy() if hasattr(opt.iterations, 'numpy') else opt.iterations)}).")
+
+    history_path = run_dir / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() and state else []
+    history = [h for h in history if h["epoch"] < start_epoch]
+    skipped = SkippedVideos()
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True)]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    for epoch in range(start_epoch, total_epochs):
+        clip_frames = frames if epoch < epochs else long_frames
+        first = start_batch if epoch == start_epoch else 0
+        train = clip_dataset(train_videos, training=True, frames=clip_frames, stride=stride,
+                             batch_size=batch_size, seed=seed, epoch=epoch, start_batch=first,
+                             skipped=skipped, shard=shard)
+        val = None
+        if validate and val_videos:
+            val = clip_dataset(val_videos, training=False, frames=clip_frames, stride=stride,
+                               batch_size=batch_size, clips_per_video=1, skipped=skipped, shard=shard)
+        result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
+                           callbacks=callbacks + [checkpointer.callback(epoch, first)],
+                           verbose=1 if progress else 0, shuffle=False)
+        logs = {k: float(v[-1]) for k, v in result.history.items()}
+        history.append({"epoch": epoch, "frames": clip_frames, **logs})
+        _write_json(history_path, history)  # before the state that says the epoch is done
+        checkpointer.save(model, epoch + 1, 0)
+        plot_history(history, run_dir / "curves.png")
+    if len(skipped):
+        print(skipped.summary())
+
+    preset = save_preset(model, run_dir / "preset", {
+        "labels": list(labels) if labels else None, "frames": long_frames or frames,
+        "trained_from": weights if isinstance(weights, str) else None, "dataset": dataset,
+        "split": split, "model": model_name,
+    })
+    if push_to_hub:
+        from keras_r21d.presets import push_to_hub as push
+
+        commit = push(preset, push_to_hub)
+        print(f"Pushed {preset} to hf://{push_to_hub}@{commit}")
+    return {"history": history, "preset": preset, "run_dir": run_dir, "skipped": dict(skipped.reasons),
+            "model": model}
+
+
+def plot_history(history, path):
+    """Training curves (loss and accuracy per epoch, training and validation) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-o"), ("val_", "--s")):
+            values = [h.get(prefix + metric) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style,
+                        label=f"{'validation' if prefix else 'training'} {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,130 @@
+"""Fine-tuning: runs end to end, writes its logs, and resumes without losing or repeating work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from test_pipeline import write_video
+
+from keras_r21d import training
+from keras_r21d.preset_io import read_config, read_metadata
+from keras_r21d.training import finetune
+
+TINY = dict(widths=(4, 4, 8, 8), stem_midplanes=3)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(8):
+        path = root / f"v{k}.avi"
+        write_video(path, rng.integers(0, 255, (12, 40, 40, 3), dtype=np.uint8))
+        out.append((path, k % 2))
+    return out
+
+
+def run(videos, out, **kwargs):
+    settings = dict(train_videos=videos, val_videos=videos[:2], labels=["a", "b"], model="r2plus1d_10",
+                    weights=None, frames=4, batch_size=2, epochs=2, output_dir=out, checkpoint_every=1,
+                    model_kwargs=TINY, progress=False, learning_rate=0.05)
+    settings.update(kwargs)
+    return finetune(**settings)
+
+
+def test_finetune_writes_logs_curves_and_a_preset(videos, tmp_path):
+    result = run(videos, tmp_path / "run", long_frames=6, long_epochs=1)
+    assert [(h["epoch"], h["frames"]) for h in result["history"]] == [(0, 4), (1, 4), (2, 6)]
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch") and len(lines) == 4
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents*"))
+    assert read_config(result["preset"])["classes"] == 2
+    assert read_metadata(result["preset"])["labels"] == ["a", "b"]
+    # 4 steps per epoch (8 videos, batch 2), 3 epochs.
+    assert int(keras.ops.convert_to_numpy(result["model"].optimizer.iterations)) == 12
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    schedule = training.learning_rate_schedule(0.1, steps_per_epoch=10, epochs=4, warmup_epochs=1)
+    rates = [float(schedule(step)) for step in (0, 9, 10, 25, 39)]
+    # Warm-up: 0.1 * (step + 1) / 10; then cosine from 0.1 over the 30 remaining steps.
+    expected = [0.01, 0.1, 0.1, 0.05 * (1 + np.cos(np.pi * 15 / 30)), 0.05 * (1 + np.cos(np.pi * 29 / 30))]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    step = training.learning_rate_schedule(0.1, 10, 30, warmup_epochs=0, schedule="step", decay_every=10)
+    np.testing.assert_allclose([float(step(s)) for s in (0, 99, 100, 250)], [0.1, 0.1, 0.01, 0.001], rtol=1e-5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [(1, 0), (1, 2)], ids=["between-epochs", "mid-epoch"])
+def test_resume_continues_where_it_stopped(videos, tmp_path, monkeypatch, stop_at):
+    keras.utils.set_random_seed(0)
+    reference = run(videos, tmp_path / "uninterrupted")
+
+    save = training._Checkpointer.save
+
+    def save_then_die(self, model, epoch, batches_done):
+        save(self, model, epoch, batches_done)
+        if (epoch, batches_done) == stop_at:
+            raise Interrupted
+
+    monkeypatch.setattr(training._Checkpointer, "save", save_then_die)
+    keras.utils.set_random_seed(0)
+    with pytest.raises(Interrupted):
+        run(videos, tmp_path / "interrupted")
+    monkeypatch.setattr(training._Checkpointer, "save", save)
+    keras.utils.set_random_seed(1)  # the resumed run must not depend on a fresh init
+    resumed = run(videos, tmp_path / "interrupted")
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    assert int(keras.ops.convert_to_numpy(resumed["model"].optimizer.iterations)) == 8
+    for a, b in zip(resumed["model"].weights, reference["model"].weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=a.path)
+
+
+SCRIPT = """
+import sys, pathlib, pickle
+from keras_r21d.training import finetune
+videos = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
+result = finetune(train_videos=videos, labels=["a", "b"], model="r2plus1d_10", weights=None, frames=4,
+                  batch_size=1, epochs=3, output_dir=sys.argv[2], checkpoint_every=1, validate=False,
+                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False)
+print("epochs", [h["epoch"] for h in result["history"]],
+      "steps", int(result["model"].optimizer.iterations.numpy()))
+"""
+
+
+def test_a_killed_process_resumes(videos, tmp_path):
+    import pickle
+
+    listing = tmp_path / "videos.pkl"
+    listing.write_bytes(pickle.dumps(videos))
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", SCRIPT, str(listing), str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 in the middle of the second epoch
+        state = out / "state.json"
+        if state.is_file():
+            position = json.loads(state.read_text())
+            if position["epoch"] == 1 and position["batches_done"] >= 3:
+                break
+        time.sleep(0.05)
+    state_at_kill = json.loads((out / "state.json").read_text())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state_at_kill["epoch"] == 1, "the run ended before it could be killed"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "Resuming" in finished.stdout
+    # 8 steps per epoch (8 videos, batch 1), 3 epochs: every step done once.
+    assert "epochs [0, 1, 2] steps 24" in finished.stdout

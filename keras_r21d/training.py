@@ -79,15 +79,13 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 class _Checkpointer:
     """Keras callback factory: saves weights + optimizer and the position in the epoch."""
 
-    def __init__(self, run_dir, every):
-        self.run_dir, self.every = pathlib.Path(run_dir), every
+    def __init__(self, run_dir, every, cluster):
+        self.run_dir, self.every, self.cluster = pathlib.Path(run_dir), every, cluster
 
     def save(self, model, epoch, batches_done):
-        tmp = self.run_dir / f"{CHECKPOINT}.partial.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
-        _write_json(self.run_dir / STATE, {"epoch": epoch, "batches_done": batches_done,
-                                           "time": time.time()})
+        if _save_weights(model, self.run_dir / CHECKPOINT, self.cluster):
+            _write_json(self.run_dir / STATE, {"epoch": epoch, "batches_done": batches_done,
+                                               "time": time.time()})
 
     def callback(self, epoch, first_batch):
         import keras
@@ -101,6 +99,21 @@ class _Checkpointer:
                     checkpointer.save(self.model, epoch, done)
 
         return Save()
+
+
+def _save_weights(model, path, cluster):
+    """Writes `model`'s weights to `path` atomically; True on the process that wrote it.
+
+    Every process must call it: in a multi-process JAX run, reading the weights is a
+    collective operation. Only process 0 keeps its file.
+    """
+    tmp = pathlib.Path(f"{path}.partial{cluster.process_id}.weights.h5")
+    model.save_weights(tmp)
+    if cluster.is_chief:
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+    return cluster.is_chief
 
 
 def load_run_state(run_dir):
@@ -140,7 +153,7 @@ def finetune(
     seed=0,
     push_to_hub=None,
     progress=True,
-    shard=None,
+    distributed=None,
     model_kwargs=None,
 ):
     """Fine-tunes a network of the zoo on a video dataset; resumes an interrupted run.
@@ -172,7 +185,11 @@ def finetune(
         seed: seed of the clip order and augmentation.
         push_to_hub: "owner/repo" to upload the final preset to.
         progress: show Keras progress bars.
-        shard: `(num_processes, process_index)` of a multi-process run.
+        distributed: None for one process; True, or a dict of `coordinator`,
+            `num_processes`, `process_id` (else read from the environment), for
+            `keras_r21d.distributed.setup`: each process trains on its shard of
+            the videos with `batch_size` clips per step; process 0 writes the run
+            directory.
         model_kwargs: extra `get_model` arguments (e.g. `widths` for small nets).
 
     Returns:
@@ -184,6 +201,10 @@ def finetune(
     from keras_r21d.models import get_model
     from keras_r21d.preset_io import save_preset
 
+    from keras_r21d.distributed import Cluster, setup
+
+    cluster = Cluster() if not distributed else setup(**(distributed if isinstance(distributed, dict) else {}))
+    shard = cluster.shard
     run_dir = pathlib.Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if train_videos is None:
@@ -204,21 +225,21 @@ def finetune(
 
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    if isinstance(model, str):
-        model_name = model
-        model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
-    else:
-        model_name = getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
-    schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs, schedule)
-    if optimizer == "sgd":
-        opt = keras.optimizers.SGD(schedule_fn, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = keras.optimizers.AdamW(schedule_fn, weight_decay=weight_decay)
-    else:
+    if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with cluster.scope():
+        if isinstance(model, str):
+            model_name = model
+            model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
+        else:
+            model_name = getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
+        schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs,
+                                             schedule)
+        opt = (keras.optimizers.SGD(schedule_fn, momentum=momentum, weight_decay=weight_decay)
+               if optimizer == "sgd" else keras.optimizers.AdamW(schedule_fn, weight_decay=weight_decay))
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    checkpointer = _Checkpointer(run_dir, checkpoint_every)
+    checkpointer = _Checkpointer(run_dir, checkpoint_every, cluster)
     state = load_run_state(run_dir)
     start_epoch, start_batch = 0, 0
     if state is not None:
@@ -234,9 +255,11 @@ def finetune(
     history = json.loads(history_path.read_text()) if history_path.is_file() and state else []
     history = [h for h in history if h["epoch"] < start_epoch]
     skipped = SkippedVideos()
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True)]
-    if keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    callbacks = []
+    if cluster.is_chief:  # one writer of the run directory
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True))
+        if keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     for epoch in range(start_epoch, total_epochs):
         clip_frames = frames if epoch < epochs else long_frames
         first = start_batch if epoch == start_epoch else 0
@@ -252,12 +275,17 @@ def finetune(
                            verbose=1 if progress else 0, shuffle=False)
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         history.append({"epoch": epoch, "frames": clip_frames, **logs})
-        _write_json(history_path, history)  # before the state that says the epoch is done
+        if cluster.is_chief:
+            _write_json(history_path, history)  # before the state that says the epoch is done
+            plot_history(history, run_dir / "curves.png")
         checkpointer.save(model, epoch + 1, 0)
-        plot_history(history, run_dir / "curves.png")
     if len(skipped):
         print(skipped.summary())
 
+    if not cluster.is_chief:
+        _save_weights(model, run_dir / "preset.weights.h5", cluster)  # the chief's save_preset
+        return {"history": history, "preset": None, "run_dir": run_dir, "skipped": dict(skipped.reasons),
+                "model": model}
     preset = save_preset(model, run_dir / "preset", {
         "labels": list(labels) if labels else None, "frames": long_frames or frames,
         "trained_from": weights if isinstance(weights, str) else None, "dataset": dataset,

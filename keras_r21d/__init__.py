@@ -12,6 +12,7 @@ Example:
 from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
 from keras_r21d.complexity import count_macs, count_params
 from keras_r21d.convert import convert_checkpoint
+from keras_r21d.evaluation import evaluate
 from keras_r21d.inference import predict_video
 from keras_r21d.labels import decode_predictions
 from keras_r21d.layers import BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, midplanes
@@ -42,5 +43,6 @@ from keras_r21d.models import (
 )
 from keras_r21d.preprocessing import VideoPreprocessing, preprocess_input
 from keras_r21d.preset_io import load_preset, save_preset
+from keras_r21d.training import finetune
 
 __version__ = "0.1.0"

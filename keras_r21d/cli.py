@@ -173,6 +173,41 @@ def _bench_data(args):
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _evaluate(args):
+    from keras_r21d.evaluation import evaluate
+
+    evaluate(args.dataset, args.root, split=args.split, model=args.model, weights=_weights(args.weights),
+             frames=args.frames, clips_per_video=args.clips, batch_size=args.batch_size,
+             splits_dir=args.splits_dir, output_dir=args.output, classes=args.classes,
+             stride=args.stride, progress=not args.no_progress)
+
+
+def _weights(value):
+    return None if str(value).lower() == "none" else value
+
+
+def _finetune(args):
+    from keras_r21d.training import finetune
+
+    distributed = None
+    if args.distributed:
+        distributed = {"coordinator": args.coordinator, "num_processes": args.num_processes,
+                       "process_id": args.process_id}
+    result = finetune(
+        dataset=args.dataset, root=args.root, split=args.split, splits_dir=args.splits_dir,
+        model=args.model, weights=_weights(args.weights), frames=args.frames, stride=args.stride,
+        batch_size=args.batch_size, epochs=args.epochs, long_frames=args.long_frames,
+        long_epochs=args.long_epochs, optimizer=args.optimizer, learning_rate=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        schedule=args.schedule, mixed_precision=args.mixed_precision, output_dir=args.output,
+        checkpoint_every=args.checkpoint_every, validate=not args.no_validate, eval_clips=args.eval_clips,
+        seed=args.seed, push_to_hub=args.push_to_hub, distributed=distributed,
+        progress=not args.no_progress,
+    )
+    if result["preset"] is not None:
+        print(f"Fine-tuned preset: {result['preset']} (run directory {result['run_dir']}).")
+
+
 def build_parser():
     from keras_r21d.models import list_models
 
@@ -215,6 +250,59 @@ def build_parser():
     bench.add_argument("--steps", type=int, default=3, help="training steps timed")
     bench.add_argument("--json", help="also write the results to this file")
     bench.set_defaults(run=_bench_data)
+
+    evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
+    evaluate.add_argument("dataset", choices=("ucf101", "hmdb51"))
+    evaluate.add_argument("root", help="folder of the dataset's videos")
+    evaluate.add_argument("--split", default="1", choices=("1", "2", "3", "all"),
+                          help="official split, or 'all' for the 3 splits and their mean")
+    evaluate.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    evaluate.add_argument("--weights", default="kinetics400",
+                          help="preset name or alias, hf://owner/repo[@rev], preset folder, .weights.h5 "
+                               "or 'none'")
+    evaluate.add_argument("--frames", type=int, default=16, help="clip length")
+    evaluate.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video")
+    evaluate.add_argument("--stride", type=int, default=1, help="temporal stride in a clip")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    evaluate.add_argument("--splits-dir", help="folder of the official split lists")
+    evaluate.add_argument("--classes", type=int, help="replace the classifier (smoke tests only)")
+    evaluate.add_argument("-o", "--output", help="write metrics.json and confusion PNGs here")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(run=_evaluate)
+
+    tune = commands.add_parser("finetune", help="fine-tune a network on UCF101, HMDB51 or a folder per class")
+    tune.add_argument("dataset", choices=("ucf101", "hmdb51", "folder"))
+    tune.add_argument("root", help="folder of the dataset's videos")
+    tune.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    tune.add_argument("--splits-dir", help="folder of the official split lists")
+    tune.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    tune.add_argument("--weights", default="kinetics400", help="pretrained weights, or 'none'")
+    tune.add_argument("--frames", type=int, default=16, help="training clip length")
+    tune.add_argument("--stride", type=int, default=1)
+    tune.add_argument("--batch-size", type=int, default=8, help="clips per step (per process)")
+    tune.add_argument("--epochs", type=int, default=8)
+    tune.add_argument("--long-frames", type=int, help="then fine-tune on clips this long ...")
+    tune.add_argument("--long-epochs", type=int, default=0, help="... for this many more epochs")
+    tune.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    tune.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    tune.add_argument("--momentum", type=float, default=0.9)
+    tune.add_argument("--weight-decay", type=float, default=1e-4)
+    tune.add_argument("--warmup-epochs", type=float, default=1)
+    tune.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+    tune.add_argument("--mixed-precision", action="store_true", help="mixed bfloat16")
+    tune.add_argument("-o", "--output", default="runs/finetune", help="run directory (resumed if present)")
+    tune.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    tune.add_argument("--no-validate", action="store_true", help="no per-epoch validation")
+    tune.add_argument("--eval-clips", type=int, default=10, help="clips per video of the final evaluation")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--push-to-hub", help="owner/repo to upload the final preset to")
+    tune.add_argument("--no-progress", action="store_true")
+    tune.add_argument("--distributed", action="store_true",
+                      help="multi-process (JAX backend) or multi-device training; see the README")
+    tune.add_argument("--coordinator", help="host:port of process 0 (or $KERAS_R21D_COORDINATOR)")
+    tune.add_argument("--num-processes", type=int, help="(or $KERAS_R21D_NUM_PROCESSES)")
+    tune.add_argument("--process-id", type=int, help="(or $KERAS_R21D_PROCESS_ID)")
+    tune.set_defaults(run=_finetune)
 
     convert = commands.add_parser(
         "convert", help="convert a PyTorch or Caffe2 checkpoint into a preset directory")

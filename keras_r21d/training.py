@@ -150,6 +150,7 @@ def finetune(
     output_dir="runs/finetune",
     checkpoint_every=100,
     validate=True,
+    eval_clips=10,
     seed=0,
     push_to_hub=None,
     progress=True,
@@ -182,6 +183,9 @@ def finetune(
         checkpoint_every: also checkpoint every this many steps (None: epoch ends only).
         validate: evaluate clip accuracy on `val_videos` (the split's test list)
             after every epoch.
+        eval_clips: at the end, clip@1, video@1 and video@5 on `val_videos` with
+            this many uniformly spaced clips per video (0: skip; skipped in
+            multi-process runs).
         seed: seed of the clip order and augmentation.
         push_to_hub: "owner/repo" to upload the final preset to.
         progress: show Keras progress bars.
@@ -286,6 +290,15 @@ def finetune(
         _save_weights(model, run_dir / "preset.weights.h5", cluster)  # the chief's save_preset
         return {"history": history, "preset": None, "run_dir": run_dir, "skipped": dict(skipped.reasons),
                 "model": model}
+    metrics = None
+    if eval_clips and val_videos and cluster.num_processes == 1:
+        from keras_r21d.evaluation import evaluate_model, format_table, write_outputs
+
+        metrics = evaluate_model(model, val_videos, frames=long_frames or frames, clips_per_video=eval_clips,
+                                 batch_size=batch_size, stride=stride, class_names=labels, progress=progress)
+        print(format_table({split: metrics}, protocol_text=metrics["protocol_text"]))
+        write_outputs({"splits": {split: metrics}, "class_names": labels, "dataset": dataset,
+                       "model": model_name, "protocol_text": metrics["protocol_text"]}, run_dir)
     preset = save_preset(model, run_dir / "preset", {
         "labels": list(labels) if labels else None, "frames": long_frames or frames,
         "trained_from": weights if isinstance(weights, str) else None, "dataset": dataset,
@@ -297,7 +310,7 @@ def finetune(
         commit = push(preset, push_to_hub)
         print(f"Pushed {preset} to hf://{push_to_hub}@{commit}")
     return {"history": history, "preset": preset, "run_dir": run_dir, "skipped": dict(skipped.reasons),
-            "model": model}
+            "model": model, "metrics": metrics}
 
 
 def plot_history(history, path):

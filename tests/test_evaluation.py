@@ -1,7 +1,6 @@
 """Clip- and video-level evaluation against hand-computed numbers and an independent
 computation (PyAV decoding, `preprocess_input`, the model's predictions averaged by hand)."""
 
-import argparse
 import json
 import sys
 import types
@@ -281,10 +280,10 @@ def test_evaluate_refuses_a_classifier_of_another_size(tiny_videos, tiny_model, 
 def test_cli_arguments(monkeypatch):
     received = {}
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: received.update(args=args, **kwargs))
-    parser = evaluation.add_evaluate_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["ucf101", "/data/ucf", "--split", "all", "--model", "r3d_18", "--weights",
-                              "none", "--clips", "5", "-o", "out", "--no-progress"])
-    assert args.run(args) == 0
+    from keras_r21d import cli
+
+    assert cli.main(["evaluate", "ucf101", "/data/ucf", "--split", "all", "--model", "r3d_18", "--weights",
+                     "none", "--clips", "5", "-o", "out", "--no-progress"]) == 0
     assert received["args"] == ("ucf101", "/data/ucf")
     assert received["split"] == "all" and received["model"] == "r3d_18" and received["weights"] is None
     assert received["clips_per_video"] == 5 and received["frames"] == 16 and received["output_dir"] == "out"

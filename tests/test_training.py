@@ -1,7 +1,6 @@
 """Fine-tuning: runs end to end, writes its logs, and resumes without losing or repeating work."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -46,6 +45,10 @@ def test_finetune_writes_logs_curves_and_a_preset(videos, tmp_path):
     assert lines[0].startswith("epoch") and len(lines) == 4
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents*"))
+    # The final evaluation: video-level metrics with the protocol, and a confusion matrix.
+    assert result["metrics"]["videos"] == 2 and result["metrics"]["clips"] == 20
+    assert "10 uniformly spaced 6-frame clips" in result["metrics"]["protocol_text"]
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "confusion_split1.png").is_file()
     assert read_config(result["preset"])["classes"] == 2
     assert read_metadata(result["preset"])["labels"] == ["a", "b"]
     # 4 steps per epoch (8 videos, batch 2), 3 epochs.

@@ -146,7 +146,7 @@ def _predict(model, batch):
 
 
 def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, stride=1,
-                   class_names=None, progress=True):
+                   class_names=None, progress=True, resize=RESIZE, crop=CROP):
     """Clip- and video-level accuracy of a classifier on a list of videos.
 
     The clips come from `keras_r21d.data.clip_dataset(..., training=False)`:
@@ -164,6 +164,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         stride: temporal stride between a clip's frames.
         class_names: optional names of the model's classes, stored in the result.
         progress: show a tqdm progress bar.
+        resize, crop: frame size before the center crop, and the crop's side.
 
     Returns:
         The dict of `video_metrics` plus `protocol` (frames, clips_per_video,
@@ -181,7 +182,8 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     if fixed is not None and fixed != frames:
         raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
-                           clips_per_video=clips_per_video, with_video_index=True)
+                           clips_per_video=clips_per_video, with_video_index=True, resize=resize,
+                           crop=crop)
     probs, labels, ids = [], [], []
     with tqdm(total=len(videos) * clips_per_video, unit="clip", disable=not progress,
               desc="evaluate", leave=False) as bar:
@@ -196,7 +198,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
             f"The model predicts {probs.shape[1]} classes but {len(class_names)} class names were given."
         )
     result = video_metrics(probs, np.concatenate(labels), np.concatenate(ids))
-    result["protocol"], result["protocol_text"] = protocol(frames, clips_per_video, stride)
+    result["protocol"], result["protocol_text"] = protocol(frames, clips_per_video, stride, resize, crop)
     if class_names is not None:
         result["class_names"] = list(class_names)
     return result

@@ -136,6 +136,8 @@ def finetune(
     weights="kinetics400",
     frames=16,
     stride=1,
+    resize=(128, 171),
+    crop=112,
     batch_size=8,
     epochs=8,
     long_frames=None,
@@ -170,6 +172,8 @@ def finetune(
         model: registry name, or a built `keras.Model`.
         weights: pretrained weights for the backbone (preset, hf://, folder) or None.
         frames, stride: training clip length and temporal stride.
+        resize, crop: frame size before cropping and the crop's side (the
+            paper's 128x171 and 112; smaller for quick experiments).
         batch_size, epochs: as usual; `epochs` at `frames`.
         long_frames, long_epochs: then `long_epochs` more epochs on clips of
             `long_frames` (the paper's train short, fine-tune long).
@@ -269,11 +273,12 @@ def finetune(
         first = start_batch if epoch == start_epoch else 0
         train = clip_dataset(train_videos, training=True, frames=clip_frames, stride=stride,
                              batch_size=batch_size, seed=seed, epoch=epoch, start_batch=first,
-                             skipped=skipped, shard=shard)
+                             skipped=skipped, shard=shard, resize=resize, crop=crop)
         val = None
         if validate and val_videos:
             val = clip_dataset(val_videos, training=False, frames=clip_frames, stride=stride,
-                               batch_size=batch_size, clips_per_video=1, skipped=skipped, shard=shard)
+                               batch_size=batch_size, clips_per_video=1, skipped=skipped, shard=shard,
+                               resize=resize, crop=crop)
         result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
                            callbacks=callbacks + [checkpointer.callback(epoch, first)],
                            verbose=1 if progress else 0, shuffle=False)
@@ -295,7 +300,8 @@ def finetune(
         from keras_r21d.evaluation import evaluate_model, format_table, write_outputs
 
         metrics = evaluate_model(model, val_videos, frames=long_frames or frames, clips_per_video=eval_clips,
-                                 batch_size=batch_size, stride=stride, class_names=labels, progress=progress)
+                                 batch_size=batch_size, stride=stride, class_names=labels, progress=progress,
+                                 resize=resize, crop=crop)
         print(format_table({split: metrics}, protocol_text=metrics["protocol_text"]))
         write_outputs({"splits": {split: metrics}, "class_names": labels, "dataset": dataset,
                        "model": model_name, "protocol_text": metrics["protocol_text"]}, run_dir)

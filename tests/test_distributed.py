@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_pipeline import write_video
+from media import write_video
 
 WORKER = """
 import json, pathlib, pickle, sys

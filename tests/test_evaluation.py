@@ -5,9 +5,9 @@ import json
 import sys
 import types
 
-import av
 import numpy as np
 import pytest
+from media import decode_all, write_video
 
 from keras_r21d import evaluation
 from keras_r21d.evaluation import plot_confusion, to_probabilities, video_metrics
@@ -88,16 +88,6 @@ def test_protocol_text():
 
 # ---------------------------------------------------------------- end to end on generated videos
 
-def write_video(path, frames):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +120,7 @@ def tiny_model(tiny_videos):
     randomize_batchnorm(model)
     # A random classifier on standardised features (a random init gives one class to every clip).
     fc = model.get_layer("fc")
-    clips = np.stack([decode(path)[s:s + 4] for path, _ in tiny_videos for s in (0, 3, 5)])
+    clips = np.stack([decode_all(path)[s:s + 4] for path, _ in tiny_videos for s in (0, 3, 5)])
     features = keras.Model(model.input, fc.input).predict_on_batch(preprocess(clips))
     kernel = np.random.default_rng(1).normal(0, 2, fc.kernel.shape) / (features.std(0)[:, None] + 1e-6)
     fc.set_weights([kernel, -features.mean(0) @ kernel])
@@ -149,11 +139,6 @@ class Recorder:
         return self.outputs[-1]
 
 
-def decode(path):
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def preprocess(clips):
     from keras import ops
 
@@ -166,7 +151,7 @@ def reference_probs(model, videos, frames, clips):
     """Per clip softmax from clips decoded with PyAV and preprocessed with preprocess_input."""
     out = []
     for path, _ in videos:
-        video = decode(path)
+        video = decode_all(path)
         starts = np.linspace(0, len(video) - frames, clips).round().astype(int)
         batch = preprocess(np.stack([video[s:s + frames] for s in starts]))
         logits = np.asarray(model.predict_on_batch(batch), "float64")

@@ -6,10 +6,10 @@ import pathlib
 import subprocess
 import sys
 
-import av
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from media import decode_all, write_video
 from numpy_reference import bilinear_resize
 
 from keras_r21d.data import pipeline
@@ -21,22 +21,8 @@ MEAN = np.array([0.43216, 0.394666, 0.37645]) * 255  # REFERENCE section 4
 STD = np.array([0.22803, 0.22145, 0.216989]) * 255
 
 
-def decode_all(path):
-    with av.open(str(path), metadata_errors="ignore") as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def write_video(path, frames, fps=25):
-    """Writes uint8 frames (T, H, W, 3) as an MPEG-4 AVI."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def real_videos(n=None):

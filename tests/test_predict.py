@@ -3,10 +3,10 @@
 import json
 import shutil
 
-import av
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from media import decode_all
 from test_golden import GOLDEN
 
 from keras_r21d import cli
@@ -27,9 +27,6 @@ def preset(tmp_path_factory):
     return convert_checkpoint(GOLDEN / "r2plus1d_tiny.pth", out, metadata={"labels": LABELS, "frames": 8})
 
 
-def decode_all(path):
-    with av.open(str(path), metadata_errors="ignore") as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def test_predict_video_averages_uniformly_spaced_clips(preset):

@@ -9,7 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from test_pipeline import write_video
+from media import write_video
 
 from keras_r21d import training
 from keras_r21d.preset_io import read_config, read_metadata

@@ -1,0 +1,24 @@
+"""Video files for tests: writing generated clips and decoding files independently of the
+library (a plain sequential PyAV decode)."""
+
+import av
+import numpy as np
+
+
+def write_video(path, frames, fps=25):
+    """Writes uint8 frames (T, H, W, 3) as MPEG-4 Part 2 (the codec of UCF101's AVIs)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def decode_all(path):
+    """Every frame of a file, in order, RGB uint8 (T, H, W, 3)."""
+    with av.open(str(path), metadata_errors="ignore") as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

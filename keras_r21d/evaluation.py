@@ -363,6 +363,8 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
         raise RuntimeError(f"The split loader keras_r21d.data.splits is unavailable: {error}") from error
 
     wanted = _splits(split)
+    # The class names of the split files actually used (a user's own may hold fewer classes).
+    splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
     names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
     network = _build_model(model, weights, classes, frames, names, dataset)
     per_split = {}

@@ -216,12 +216,13 @@ def finetune(
     run_dir = pathlib.Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if train_videos is None:
-        from keras_r21d.data.splits import class_names, folder_dataset, load_split
+        from keras_r21d.data.splits import class_names, find_splits_dir, folder_dataset, load_split
 
         if dataset == "folder":
             train_videos, labels = folder_dataset(root)
             val_videos = val_videos or []
         else:
+            splits_dir = find_splits_dir(dataset, root, splits_dir)
             train_videos = load_split(dataset, root, split=split, subset="train", splits_dir=splits_dir)
             val_videos = load_split(dataset, root, split=split, subset="test", splits_dir=splits_dir)
             labels = class_names(dataset, splits_dir=splits_dir)

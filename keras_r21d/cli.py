@@ -3,7 +3,6 @@
 import argparse
 import json
 import sys
-import time
 
 
 def _models_table(args):
@@ -38,43 +37,13 @@ def _models_table(args):
         print(json.dumps(rows, indent=2))
 
 
-def moving_square_clip(frames=16, size=112, seed=0):
-    """A uint8 clip `(frames, size, size, 3)` of a textured square moving right."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    clip = np.full((frames, size, size, 3), 96, np.uint8)
-    side = size // 4
-    texture = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-    top = (size - side) // 2
-    for t in range(frames):
-        left = (t * (size - side)) // max(frames - 1, 1)
-        clip[t, top:top + side, left:left + side] = texture
-    return clip
-
-
 def _demo(args):
-    import numpy as np
+    from keras_r21d.demo import DEMO_NETWORKS, run_demo
 
-    from keras_r21d.complexity import count_macs, count_params
-    from keras_r21d.models import display_name, get_model
-
-    model = get_model(args.model, input_shape=(args.frames, 112, 112, 3))
-    print(f"{display_name(args.model)}: {count_params(model):,} parameters, "
-          f"{count_macs(model) / 1e9:.2f} GMAC per {args.frames}-frame clip.")
-    print("Weights: random initialisation (no pretrained weights are bundled yet).")
-    clip = moving_square_clip(args.frames)
-    # Scale to [0, 1] and normalise with the Kinetics statistics of torchvision.
-    mean = np.array([0.43216, 0.394666, 0.37645], np.float32)
-    std = np.array([0.22803, 0.22145, 0.216989], np.float32)
-    batch = ((clip.astype(np.float32) / 255.0 - mean) / std)[None]
-    start = time.perf_counter()
-    probs = np.asarray(model.predict_on_batch(batch))[0]
-    elapsed = time.perf_counter() - start
-    print(f"Classified a generated {args.frames}x112x112 clip (a textured square moving right) "
-          f"in {elapsed:.2f} s. Top-5 classes:")
-    for index in np.argsort(probs)[::-1][:5]:
-        print(f"  class {index:>3}  p={probs[index]:.4f}")
+    if args.quick:
+        run_demo(args.output, networks=("fr2d_18", "r2plus1d_18"), progress=args.progress)
+    else:
+        run_demo(args.output, networks=args.networks or DEMO_NETWORKS, progress=args.progress)
 
 
 def _convert(args):
@@ -93,11 +62,10 @@ def _convert(args):
     print(f"Wrote preset {out} (every checkpoint tensor used, every weight assigned).")
 
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
-
-
 def _video_files(paths):
     import pathlib
+
+    from keras_r21d.data.splits import VIDEO_EXTENSIONS
 
     files = []
     for path in map(pathlib.Path, paths):
@@ -226,9 +194,12 @@ def build_parser():
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models_table)
 
-    demo = commands.add_parser("demo", help="build a network and classify a generated clip")
-    demo.add_argument("--model", default="r2plus1d_18", choices=list_models())
-    demo.add_argument("--frames", type=int, default=16)
+    demo = commands.add_parser(
+        "demo", help="offline demo: small networks of the paper learn motion on a generated dataset")
+    demo.add_argument("-o", "--output", help="where the dataset and runs go (default: a temporary folder)")
+    demo.add_argument("--networks", nargs="+", choices=list_models("*_18"), help="default: f-R2D R2D MC3 R3D R(2+1)D")
+    demo.add_argument("--quick", action="store_true", help="f-R2D and R(2+1)D only, a smaller run")
+    demo.add_argument("--progress", action="store_true", help="show Keras progress bars")
     demo.set_defaults(run=_demo)
     predict = commands.add_parser("predict", help="classify videos (top classes, mean over clips)")
     predict.add_argument("videos", nargs="+", help="video files or folders of videos")

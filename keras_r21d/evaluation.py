@@ -129,13 +129,13 @@ def to_probabilities(outputs):
 
 def protocol(frames=16, clips_per_video=10, stride=1, resize=RESIZE, crop=CROP):
     """The protocol dict and its one-line description, as printed and stored with numbers."""
-    crop_text = f"center {crop}x{crop} of {resize[0]}x{resize[1]}"
+    of = f"{resize[0]}x{resize[1]}" if resize else "the original frames"
+    crop_text = f"center {crop}x{crop} of {of}"
     info = {"frames": frames, "clips_per_video": clips_per_video, "crops": 1, "crop": crop_text,
             "stride": stride}
     stride_text = f", temporal stride {stride}" if stride != 1 else ""
     text = (f"video@k: softmax averaged over {clips_per_video} uniformly spaced {frames}-frame clips per "
-            f"video{stride_text}, 1 center crop ({crop}x{crop} of {resize[0]}x{resize[1]}); "
-            "clip@1: every clip alone")
+            f"video{stride_text}, 1 center crop ({crop_text[7:]}); clip@1: every clip alone")
     return info, text
 
 

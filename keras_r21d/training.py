@@ -138,6 +138,7 @@ def finetune(
     stride=1,
     resize=(128, 171),
     crop=112,
+    flip=True,
     batch_size=8,
     epochs=8,
     long_frames=None,
@@ -174,6 +175,7 @@ def finetune(
         frames, stride: training clip length and temporal stride.
         resize, crop: frame size before cropping and the crop's side (the
             paper's 128x171 and 112; smaller for quick experiments).
+        flip: random horizontal flips (off when left and right matter).
         batch_size, epochs: as usual; `epochs` at `frames`.
         long_frames, long_epochs: then `long_epochs` more epochs on clips of
             `long_frames` (the paper's train short, fine-tune long).
@@ -236,6 +238,7 @@ def finetune(
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
+    keras.utils.set_random_seed(seed)  # the new layers' initialisation, reproducibly
     with cluster.scope():
         if isinstance(model, str):
             model_name = model
@@ -274,7 +277,7 @@ def finetune(
         first = start_batch if epoch == start_epoch else 0
         train = clip_dataset(train_videos, training=True, frames=clip_frames, stride=stride,
                              batch_size=batch_size, seed=seed, epoch=epoch, start_batch=first,
-                             skipped=skipped, shard=shard, resize=resize, crop=crop)
+                             skipped=skipped, shard=shard, resize=resize, crop=crop, flip=flip)
         val = None
         if validate and val_videos:
             val = clip_dataset(val_videos, training=False, frames=clip_frames, stride=stride,

@@ -39,28 +39,6 @@ def test_models_reports_unknown_pattern():
     assert run.returncode != 0 and "No registered network matches 'c3d*'" in run.stderr
 
 
-def test_demo_classifies_a_generated_clip():
-    run = run_cli("demo", "--model", "mc3_18", "--frames", "8")
-    assert run.returncode == 0, run.stderr
-    lines = [ln for ln in run.stdout.splitlines() if ln.strip().startswith("class")]
-    assert len(lines) == 5
-    probs = [float(ln.split("p=")[1]) for ln in lines]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
-
-
-def test_moving_square_clip_moves():
-    import numpy as np
-
-    from keras_r21d.cli import moving_square_clip
-
-    clip = moving_square_clip(frames=4, size=32)
-    assert clip.shape == (4, 32, 32, 3) and clip.dtype == np.uint8
-    # The textured square (side 8, rows 12-19) starts at the left edge and ends at the right.
-    background = clip[0, 0, 0]
-    columns = [np.nonzero((clip[t, 12:20] != background).any(axis=(0, 2)))[0] for t in range(4)]
-    assert columns[0].min() == 0 and columns[-1].max() == 31
-
-
 def test_bench_data_prints_its_table(tmp_path):
     from conftest import SHARED_DATA
 

@@ -182,7 +182,8 @@ def finetune(
         optimizer: "sgd" (with `momentum`, the paper's) or "adam".
         learning_rate, weight_decay, warmup_epochs, schedule: see
             `learning_rate_schedule`.
-        mixed_precision: train in mixed bfloat16.
+        mixed_precision: build the network in mixed bfloat16 (float32 weights,
+            bfloat16 computation); only for a `model` given by name.
         output_dir: the run directory: checkpoint, state.json, metrics.csv,
             history.json, tensorboard/, curves.png and the final preset in preset/.
             A run directory with a checkpoint is resumed.
@@ -234,15 +235,20 @@ def finetune(
     total_epochs = epochs + (long_epochs if long_frames else 0)
     steps_per_epoch = math.ceil(len(train_videos[shard[1]::shard[0]] if shard else train_videos) / batch_size)
 
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
     keras.utils.set_random_seed(seed)  # the new layers' initialisation, reproducibly
     with cluster.scope():
         if isinstance(model, str):
             model_name = model
-            model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
+            # Layers take the dtype policy in force when built; the caller's policy is restored.
+            policy = keras.config.dtype_policy()
+            if mixed_precision:
+                keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
+            finally:
+                keras.config.set_dtype_policy(policy)
         else:
             model_name = getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
         schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs,

@@ -131,3 +131,12 @@ def test_a_killed_process_resumes(videos, tmp_path):
     assert "Resuming" in finished.stdout
     # 8 steps per epoch (8 videos, batch 1), 3 epochs: every step done once.
     assert "epochs [0, 1, 2] steps 24" in finished.stdout
+
+
+def test_mixed_precision_trains_in_bfloat16_and_restores_the_policy(videos, tmp_path):
+    result = run(videos, tmp_path / "mixed", epochs=1, mixed_precision=True, validate=False, eval_clips=0)
+    model = result["model"]
+    assert model.get_layer("conv2_1").compute_dtype == "bfloat16"
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert np.isfinite(result["history"][0]["loss"])
+    assert keras.config.dtype_policy().name == "float32"

@@ -73,3 +73,35 @@ def test_two_processes_train_one_model_on_their_own_shards(tmp_path):
     assert not seen[0] & seen[1]  # each process decoded only its own shard
     assert seen[0] | seen[1] == {path for path, _ in videos}
     assert (tmp_path / "run" / "preset" / "model.weights.h5").is_file()  # written by process 0
+
+
+LOCAL = """
+import pathlib, pickle, sys
+import jax, keras
+from keras_r21d.training import finetune
+assert len(jax.devices()) == 2
+videos = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
+result = finetune(train_videos=videos, labels=["a", "b"], model="r2plus1d_10", weights=None, frames=4,
+                  batch_size=4, epochs=1, output_dir=sys.argv[2], validate=False, distributed=True,
+                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False)
+print("mesh", keras.distribution.distribution().device_mesh.shape,
+      "steps", int(keras.ops.convert_to_numpy(result["model"].optimizer.iterations)))
+"""
+
+
+def test_one_process_over_two_local_devices(tmp_path):
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(1)
+    videos = []
+    for k in range(8):
+        path = tmp_path / f"v{k}.avi"
+        write_video(path, rng.integers(0, 255, (8, 40, 40, 3), dtype=np.uint8))
+        videos.append((str(path), k % 2))
+    listing = tmp_path / "videos.pkl"
+    listing.write_bytes(pickle.dumps(videos))
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    run = subprocess.run([sys.executable, "-c", LOCAL, str(listing), str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mesh (2,) steps 2" in run.stdout  # DataParallel over both devices; 8 videos, batch 4

@@ -22,3 +22,15 @@ def decode_all(path):
     """Every frame of a file, in order, RGB uint8 (T, H, W, 3)."""
     with av.open(str(path), metadata_errors="ignore") as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def random_videos(folder, count, frames=10, size=(40, 40), classes=None, seed=0):
+    """`count` videos of random pixels in `folder`: `[(path, label)]`, label = index % classes
+    (every video its own class when `classes` is None)."""
+    rng = np.random.default_rng(seed)
+    videos = []
+    for k in range(count):
+        path = folder / f"v{k}.avi"
+        write_video(path, rng.integers(0, 255, (frames, *size, 3), dtype=np.uint8))
+        videos.append((path, k % classes if classes else k))
+    return videos

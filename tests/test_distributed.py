@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from media import write_video
+from media import random_videos
 
 WORKER = """
 import json, pathlib, pickle, sys
@@ -45,12 +45,7 @@ def free_port():
 
 def test_two_processes_train_one_model_on_their_own_shards(tmp_path):
     pytest.importorskip("jax")
-    rng = np.random.default_rng(0)
-    videos = []
-    for k in range(8):
-        path = tmp_path / f"v{k}.avi"
-        write_video(path, rng.integers(0, 255, (10, 40, 40, 3), dtype=np.uint8))
-        videos.append((str(path), k % 2))
+    videos = [(str(path), label) for path, label in random_videos(tmp_path, 8, classes=2)]
     listing = tmp_path / "videos.pkl"
     listing.write_bytes(pickle.dumps(videos))
     port = free_port()
@@ -91,12 +86,7 @@ print("mesh", keras.distribution.distribution().device_mesh.shape,
 
 def test_one_process_over_two_local_devices(tmp_path):
     pytest.importorskip("jax")
-    rng = np.random.default_rng(1)
-    videos = []
-    for k in range(8):
-        path = tmp_path / f"v{k}.avi"
-        write_video(path, rng.integers(0, 255, (8, 40, 40, 3), dtype=np.uint8))
-        videos.append((str(path), k % 2))
+    videos = [(str(path), label) for path, label in random_videos(tmp_path, 8, frames=8, classes=2, seed=1)]
     listing = tmp_path / "videos.pkl"
     listing.write_bytes(pickle.dumps(videos))
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from media import decode_all, write_video
+from media import decode_all, random_videos, write_video
 from numpy_reference import bilinear_resize
 
 from keras_r21d.data import pipeline
@@ -120,12 +120,7 @@ def test_unreadable_videos_are_skipped_and_counted(tmp_path):
 
 
 def test_shards_split_the_videos(tmp_path):
-    rng = np.random.default_rng(1)
-    videos = []
-    for k in range(5):
-        path = tmp_path / f"v{k}.avi"
-        write_video(path, rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
-        videos.append((path, k))
+    videos = random_videos(tmp_path, 5, frames=6, size=(32, 32), seed=1)
     seen = [sorted(int(y) for _, yb in clip_dataset(videos, training=True, frames=2, resize=None,
                                                     crop=32, shard=(2, i)) for y in yb) for i in (0, 1)]
     assert seen == [[0, 2, 4], [1, 3]]
@@ -174,12 +169,7 @@ def test_model_fit_on_a_generated_dataset(tmp_path, backend):
 
 
 def test_epoch_datasets_are_rebuilt_exactly_and_resume_mid_epoch(tmp_path):
-    rng = np.random.default_rng(3)
-    videos = []
-    for k in range(6):
-        path = tmp_path / f"v{k}.avi"
-        write_video(path, rng.integers(0, 255, (12, 40, 40, 3), dtype=np.uint8))
-        videos.append((path, k))
+    videos = random_videos(tmp_path, 6, frames=12, seed=3)
 
     def epoch(e, start_batch=0):
         ds = clip_dataset(videos, training=True, frames=4, resize=(36, 36), crop=32, batch_size=2,

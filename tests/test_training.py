@@ -9,7 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from media import write_video
+from media import random_videos
 
 from keras_r21d import training
 from keras_r21d.preset_io import read_config, read_metadata
@@ -20,14 +20,7 @@ TINY = dict(widths=(4, 4, 8, 8), stem_midplanes=3)
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    rng = np.random.default_rng(0)
-    out = []
-    for k in range(8):
-        path = root / f"v{k}.avi"
-        write_video(path, rng.integers(0, 255, (12, 40, 40, 3), dtype=np.uint8))
-        out.append((path, k % 2))
-    return out
+    return random_videos(tmp_path_factory.mktemp("videos"), 8, frames=12, classes=2)
 
 
 def run(videos, out, **kwargs):

@@ -188,9 +188,10 @@ def clip_dataset(
             k = (int(position) + offset) % len(paths)
             try:
                 num_frames = count_frames(paths[k])
-                head = read_clip(paths[k], 0, 1)  # the frame size
+                # The frame size matters only without a resize: decode a frame for it only then.
+                frame_size = None if resize or scale_jitter else read_clip(paths[k], 0, 1).shape[1:3]
                 start, size, top, left, flipped = augmentation_params(
-                    rng, num_frames, frames, stride, head.shape[1:3], resize, crop, scale_jitter, flip)
+                    rng, num_frames, frames, stride, frame_size, resize, crop, scale_jitter, flip)
                 clip = read_clip(paths[k], start, frames, stride)
             except (VideoReadError, ValueError) as error:
                 failed(paths[k], error)

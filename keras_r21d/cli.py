@@ -141,6 +141,12 @@ def _bench_data(args):
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _bench(args):
+    from keras_r21d.bench import run_from_args
+
+    return run_from_args(args)
+
+
 def _evaluate(args):
     from keras_r21d.evaluation import evaluate
 
@@ -221,6 +227,23 @@ def build_parser():
     bench.add_argument("--steps", type=int, default=3, help="training steps timed")
     bench.add_argument("--json", help="also write the results to this file")
     bench.set_defaults(run=_bench_data)
+
+    speed = commands.add_parser(
+        "bench", help="CPU speed of the networks against torchvision's, as a fraction of the machine's peak")
+    speed.add_argument("--models", nargs="+", default=None,
+                       help="networks to time: the first at every batch size and in the training step, "
+                            "the others at the first batch size (default: r2plus1d_18 r3d_18 mc3_18)")
+    speed.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8")
+    speed.add_argument("--frames", type=int, default=None, help="clip length T (default 16)")
+    speed.add_argument("--size", type=int, default=None, help="crop size H = W (default 112)")
+    speed.add_argument("--rounds", type=int, default=None,
+                       help="alternating keras/torch rounds; the best round is reported (default 3)")
+    speed.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all)")
+    speed.add_argument("--no-torch", action="store_true", help="time the Keras side only")
+    speed.add_argument("--no-train", action="store_true", help="skip the training step")
+    speed.add_argument("--quick", action="store_true", help="tiny settings (smoke test, not a measurement)")
+    speed.add_argument("--json", help="also write the results to this file")
+    speed.set_defaults(run=_bench)
 
     evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
     evaluate.add_argument("dataset", choices=("ucf101", "hmdb51"))

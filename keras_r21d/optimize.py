@@ -1,0 +1,252 @@
+"""Inference graphs: batch norm folded into the convolutions, convolutions lowered.
+
+`optimize_for_inference` rebuilds a trained network as a chain of `FusedConv`
+layers. Each carries one convolution with its batch norm folded in (a bias) and,
+where the network has one, the ReLU that follows (and the residual sum before
+it). Convolutions that are really 2D or 1D run as such: a 1 x k x k convolution
+is a 2D convolution over the frames folded into the batch, a t x 1 x 1 one a 2D
+convolution over (time, pixels). The arithmetic is the same; the kernels
+oneDNN runs for 2D convolutions are faster than its 3D ones, and the graph has
+no Conv3D at all for (2+1)D networks (TFLite runs it).
+"""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from keras_r21d.layers import PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def fold_batchnorm(conv, bn):
+    """Kernel and bias of `conv` followed by inference-mode `bn`, as NumPy arrays."""
+    kernel = ops.convert_to_numpy(conv.kernel)
+    bias = ops.convert_to_numpy(conv.bias) if conv.use_bias else np.zeros(kernel.shape[-1], kernel.dtype)
+    if bn is None:
+        return kernel, bias
+    gamma = ops.convert_to_numpy(bn.gamma) if bn.scale else 1.0
+    beta = ops.convert_to_numpy(bn.beta) if bn.center else 0.0
+    scale = gamma / np.sqrt(ops.convert_to_numpy(bn.moving_variance) + bn.epsilon)
+    return kernel * scale, (bias - ops.convert_to_numpy(bn.moving_mean)) * scale + beta
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FusedConv(layers.Layer):
+    """Convolution + bias (a folded batch norm), then optionally + residual, ReLU.
+
+    Computes `relu(conv(x) + bias [+ residual])` for a `ZeroPaddedConv3D`'s
+    kernel, padding and strides. By default the convolution is a 3D one (oneDNN
+    runs it faster than the 2D lowerings below: measured, see the README). With
+    `conv2d_only`, kernels that are really 2D or 1D run as 2D convolutions:
+    1 x k x k over the `batch * T` frames, t x 1 x 1 over `(T, H * W)`, and
+    1 x 1 x 1 as a temporal slice then a 1 x 1 2D convolution; this is exact,
+    and the graph of a (2+1)D network then has no 3D convolution (for TFLite).
+
+    Args:
+        filters: output channels.
+        kernel_size, strides, zero_padding: 3 ints each, as `ZeroPaddedConv3D`.
+        relu: whether a ReLU ends the layer.
+        residual: whether the layer takes `[x, residual]` and adds the residual
+            before the ReLU.
+        conv2d_only: lower 1 x k x k, t x 1 x 1 and 1 x 1 x 1 kernels to 2D convs.
+
+    Input shape: `(batch, T, H, W, C)` (or a list with the residual, of the
+    output's shape).
+    Output shape: `(batch, T', H', W', filters)`.
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1, 1), zero_padding=(0, 0, 0),
+                 relu=False, residual=False, conv2d_only=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = tuple(kernel_size)
+        self.strides = tuple(strides)
+        self.zero_padding = tuple(zero_padding)
+        self.relu = relu
+        self.residual = residual
+        self.conv2d_only = conv2d_only
+        kt, kh, kw = self.kernel_size
+        self.lowering = "3d"
+        if conv2d_only and self.kernel_size == (1, 1, 1):
+            self.lowering = "pointwise"
+        elif conv2d_only and kt == 1:
+            self.lowering = "spatial"
+        elif conv2d_only and kh == kw == 1:
+            self.lowering = "temporal"
+
+    def build(self, input_shape):
+        if self.residual:
+            input_shape = input_shape[0]
+        self.kernel = self.add_weight(
+            shape=self.kernel_size + (input_shape[-1], self.filters), name="kernel", initializer="zeros"
+        )
+        self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+
+    def _pad(self, x, pads):
+        return ops.pad(x, [(0, 0)] + [(p, p) for p in pads] + [(0, 0)]) if any(pads) else x
+
+    def call(self, inputs):
+        x, residual = inputs if self.residual else (inputs, None)
+        kernel = ops.cast(self.kernel, x.dtype)
+        (st, sh, sw), (pt, ph, pw) = self.strides, self.zero_padding
+        if self.lowering == "3d":
+            y = ops.conv(self._pad(x, self.zero_padding), kernel, self.strides, padding="valid")
+            return self._finish(y, residual)
+        if self.lowering == "pointwise":
+            x, kernel = x[:, ::st], kernel[0]
+        elif self.lowering == "spatial":
+            x, kernel = self._pad(x, (0, ph, pw)), kernel[0]
+        b, t, h, w, c = ops.shape(x)
+        if self.lowering == "temporal":  # pixels folded into one axis: a (kt, 1) 2D conv
+            x = ops.reshape(self._pad(x, (pt, 0, 0)), (b, t + 2 * pt, h * w, c))
+            y = ops.conv(x, kernel[:, :, 0], (st, 1), padding="valid")
+            y = self._finish(y, residual)
+            return ops.reshape(y, (b, ops.shape(y)[1], h, w, self.filters))
+        # frames folded into the batch: a 2D conv per frame
+        y = ops.conv(ops.reshape(x, (-1, h, w, c)), kernel, (sh, sw), padding="valid")
+        y = self._finish(y, residual)
+        return ops.reshape(y, (b, t) + tuple(ops.shape(y)[1:]))
+
+    def _finish(self, y, residual):
+        """Bias, residual and ReLU on the conv's own output, where oneDNN fuses them."""
+        y = y + ops.cast(self.bias, y.dtype)
+        if residual is not None:
+            y = y + ops.reshape(residual, ops.shape(y))
+        return ops.relu(y) if self.relu else y
+
+    def compute_output_shape(self, input_shape):
+        if self.residual:
+            input_shape = input_shape[0]
+        out = [input_shape[0]]
+        for n, k, s, p in zip(input_shape[1:4], self.kernel_size, self.strides, self.zero_padding):
+            out.append(None if n is None else (n + 2 * p - k) // s + 1)
+        return tuple(out) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+            zero_padding=self.zero_padding, relu=self.relu, residual=self.residual,
+            conv2d_only=self.conv2d_only,
+        )
+        return config
+
+
+def _convs(unit, bn):
+    """`(conv, bn, relu)` triples for a block unit: a conv, or the two of a (2+1)D conv."""
+    if isinstance(unit, Conv2Plus1D):
+        return [(unit.spatial_conv, unit.spatial_bn, True), (unit.temporal_conv, bn, False)]
+    return [(unit, bn, False)]
+
+
+class _Builder:
+    def __init__(self, dtype, conv2d_only):
+        self.dtype = dtype
+        self.conv2d_only = conv2d_only
+        self.weights = []  # (layer, kernel, bias) to set once the graph is built
+
+    def conv(self, x, conv, bn, relu, name, residual=None):
+        if not isinstance(conv, ZeroPaddedConv3D):
+            raise TypeError(f"Cannot fuse layer {conv.name!r} of type {type(conv).__name__}.")
+        layer = FusedConv(
+            conv.filters, conv.kernel_size, conv.strides, conv.zero_padding, relu=relu,
+            residual=residual is not None, conv2d_only=self.conv2d_only, name=name, dtype=self.dtype,
+        )
+        y = layer([x, residual] if residual is not None else x)
+        self.weights.append((layer, *fold_batchnorm(conv, bn)))
+        return y
+
+    def unit(self, x, unit, bn, name, relu, residual=None):
+        steps = _convs(unit, bn)
+        for i, (conv, step_bn, step_relu) in enumerate(steps):
+            last = i == len(steps) - 1
+            suffix = "" if len(steps) == 1 else ("_spatial", "_temporal")[i]
+            x = self.conv(x, conv, step_bn, step_relu or (last and relu), name + suffix,
+                          residual if last else None)
+        return x
+
+    def stem(self, x, stem):
+        return self.unit(x, stem.conv, stem.bn, stem.name, relu=True)
+
+    def block(self, x, block):
+        shortcut = x
+        if block.has_projection:
+            shortcut = self.conv(x, block.shortcut_conv, block.shortcut_bn, False, f"{block.name}_shortcut")
+        y = self.unit(x, block.conv1, block.bn1, f"{block.name}_conv1", relu=True)
+        return self.unit(y, block.conv2, block.bn2, f"{block.name}_conv2", relu=True, residual=shortcut)
+
+
+def _chain(model):
+    """The layers of `model` after its input, checked to form a single chain."""
+    chain, previous = [], model.inputs[0] if len(model.inputs) == 1 else None
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        if previous is None or layer.input is not previous:
+            raise ValueError(
+                f"optimize_for_inference takes a network built by keras_r21d (one input, a chain "
+                f"of layers); layer {layer.name!r} of model {model.name!r} does not continue the "
+                f"chain. Optimise the keras_r21d backbone alone and wrap the result instead."
+            )
+        chain.append(layer)
+        previous = layer.output
+    return chain
+
+
+def _clone(layer):
+    clone = type(layer).from_config(layer.get_config())
+    return clone, layer.get_weights()
+
+
+def optimize_for_inference(model, precision="float32", conv2d_only=False):
+    """A faster model for inference with the same inputs and outputs as `model`.
+
+    Batch norm is folded into the convolutions, and each convolution runs with
+    its bias, residual sum and ReLU fused (see `FusedConv`). The result computes what `model(x, training=False)` computes,
+    to float32 rounding, and shares nothing with `model`: keep training the
+    original, and call this again afterwards.
+
+    Args:
+        model: a network from `keras_r21d` (factory, `get_model`, `VideoResNet`,
+            a preset), with or without its top.
+        precision: "float32", or "bfloat16" (convolutions in bfloat16, the
+            classifier and outputs in float32; faster only on CPUs with fast
+            bfloat16 matrix units, e.g. AMX).
+        conv2d_only: run 1 x k x k, t x 1 x 1 and 1 x 1 x 1 convolutions as 2D
+            ones: (2+1)D networks then need no 3D convolution (TFLite export).
+
+    Returns:
+        A `keras.Model`. Use it with `predict`, `predict_on_batch` or `__call__`.
+
+    Example:
+    >>> import keras_r21d
+    >>> model = keras_r21d.R2Plus1D18(input_shape=(8, 32, 32, 3), classes=5)
+    >>> fast = keras_r21d.optimize_for_inference(model)
+    >>> fast.output_shape
+    (None, 5)
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
+    builder = _Builder("mixed_bfloat16" if precision == "bfloat16" else "float32", conv2d_only)
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    x, clones = inputs, []
+    for layer in _chain(model):
+        if isinstance(layer, Stem):
+            x = builder.stem(x, layer)
+        elif isinstance(layer, BasicBlock):
+            x = builder.block(x, layer)
+        else:  # pooling, classifier: copies, run in the original's precision
+            clone, weights = _clone(layer)
+            x = clone(x)
+            clones.append((clone, weights))
+    fast = keras.Model(inputs, x, name=f"{model.name}_inference")
+    for layer, kernel, bias in builder.weights:
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+    for clone, weights in clones:
+        clone.set_weights(weights)
+    for attribute in ("keras_r21d_config", "preset_metadata"):
+        if hasattr(model, attribute):
+            setattr(fast, attribute, getattr(model, attribute))
+    return fast

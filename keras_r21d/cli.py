@@ -182,6 +182,29 @@ def _finetune(args):
         print(f"Fine-tuned preset: {result['preset']} (run directory {result['run_dir']}).")
 
 
+def _export(args):
+    from keras_r21d.export import default_path, export_model, load_exported
+    from keras_r21d.models import get_model
+
+    model = get_model(args.model, weights=_weights(args.weights), frames=args.frames)
+    path = args.output or default_path(args.model, args.format)
+    export_model(model, path, args.format, frames=args.frames, size=args.size, batch_size=args.batch_size)
+    print(f"Wrote {args.format} {path} (input and preprocessing in {path.rstrip('/')}.json).")
+    if args.check:
+        import json as json_
+        import pathlib
+
+        import numpy as np
+
+        shape = json_.loads(pathlib.Path(path.rstrip("/") + ".json").read_text())["input_shape"]
+        x = np.random.default_rng(0).normal(size=[n or 1 for n in shape]).astype("float32")
+        difference = np.abs(load_exported(path, args.format)(x) - model.predict_on_batch(x)).max()
+        print(f"Checked in its own runtime: max |exported - keras| = {difference:.2e} on a random clip.")
+        if not difference < 1e-4:
+            return 1
+    return 0
+
+
 def build_parser():
     from keras_r21d.models import list_models
 
@@ -297,6 +320,20 @@ def build_parser():
     tune.add_argument("--num-processes", type=int, help="(or $KERAS_R21D_NUM_PROCESSES)")
     tune.add_argument("--process-id", type=int, help="(or $KERAS_R21D_PROCESS_ID)")
     tune.set_defaults(run=_finetune)
+
+    export = commands.add_parser(
+        "export", help="write a network as a TF SavedModel, a TFLite file or an ONNX file")
+    export.add_argument("model", choices=list_models(), metavar="MODEL", help="registered network name")
+    export.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), default="savedmodel")
+    export.add_argument("--weights", default="kinetics400",
+                        help="preset name or alias, hf://owner/repo[@rev], preset folder, .weights.h5 or 'none'")
+    export.add_argument("-o", "--output", help="folder (savedmodel) or file (default: MODEL[.tflite|.onnx])")
+    export.add_argument("--frames", type=int, help="clip length of the exported input (default: the weights')")
+    export.add_argument("--size", type=int, help="input height = width (default 112)")
+    export.add_argument("--batch-size", type=int, help="fixed batch size (default: any; TFLite: 1)")
+    export.add_argument("--check", action="store_true",
+                        help="run the artifact in its own runtime and compare with Keras (to 1e-4)")
+    export.set_defaults(run=_export)
 
     convert = commands.add_parser(
         "convert", help="convert a PyTorch or Caffe2 checkpoint into a preset directory")

@@ -1,0 +1,72 @@
+"""Export round trips: each artifact runs in its own runtime (TF SavedModel loader, the
+LiteRT interpreter, onnxruntime) and must give the Keras network's outputs to 1e-4."""
+
+import json
+
+import numpy as np
+import pytest
+
+import keras_r21d
+from keras_r21d.cli import main
+from keras_r21d.export import export_model, load_exported
+from keras_r21d.preset_io import save_preset
+from tests.conftest import randomize_batchnorm
+
+FRAMES, SIZE = 4, 32
+FORMATS = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
+
+
+def network(name, **kwargs):
+    model = keras_r21d.get_model(name, classes=10, classifier_activation=None, **kwargs)
+    randomize_batchnorm(model)
+    return model
+
+
+def tflite_ops(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {op["op_name"] for op in Interpreter(model_path=str(path))._get_ops_details()}
+
+
+@pytest.mark.parametrize("name", ["r2plus1d_18", "r3d_18", "mc3_18"])
+@pytest.mark.parametrize("format", list(FORMATS))
+def test_exported_artifact_equals_keras(name, format, tmp_path, rng):
+    model = network(name, midplanes="per_block" if name.startswith("r2plus1d") else None)
+    path = tmp_path / f"{name}{FORMATS[format]}"
+    batch = 1 if format == "tflite" else 2
+    export_model(model, path, format, frames=FRAMES, size=SIZE)
+    x = rng.normal(size=(batch, FRAMES, SIZE, SIZE, 3)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    got = load_exported(path)(x)
+    assert got.shape == expected.shape == (batch, 10)
+    assert np.abs(got - expected).max() < 1e-4, np.abs(got - expected).max()
+    sidecar = json.loads((tmp_path / f"{path.name}.json").read_text())
+    assert sidecar["input_shape"] == [1 if format == "tflite" else None, FRAMES, SIZE, SIZE, 3]
+    if format == "tflite":
+        ops = tflite_ops(path)
+        assert "CONV_2D" in ops
+        # (2+1)D networks export with 2D convolutions only; R3D and MC3 keep their 3D ones.
+        assert ("CONV_3D" in ops) == (not name.startswith("r2plus1d")), ops
+
+
+def test_cli_exports_a_preset_and_checks_it(tmp_path, capsys):
+    model = network("r2plus1d_18", input_shape=(FRAMES, SIZE, SIZE, 3))
+    preset = save_preset(model, tmp_path / "mine", {"labels": [f"c{i}" for i in range(10)], "frames": FRAMES})
+    out = tmp_path / "mine.tflite"
+    code = main(["export", "r2plus1d_18", "--weights", str(preset), "--format", "tflite",
+                 "--size", str(SIZE), "-o", str(out), "--check"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "max |exported - keras|" in printed
+    sidecar = json.loads(out.with_name("mine.tflite.json").read_text())
+    assert sidecar["input_shape"] == [1, FRAMES, SIZE, SIZE, 3]
+    assert sidecar["labels"][3] == "c3"
+
+
+def test_bad_requests_are_refused(tmp_path):
+    model = network("r3d_18")
+    with pytest.raises(ValueError, match="Unknown export format 'coreml'"):
+        export_model(model, tmp_path / "m", "coreml")
+    with pytest.raises(ValueError, match=r"ending in '\.onnx'"):
+        export_model(model, tmp_path / "m.tflite", "onnx")
+    assert main(["export", "r3d_18", "--weights", "none", "--format", "onnx", "-o", str(tmp_path / "x.tflite")]) == 2

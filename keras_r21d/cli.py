@@ -80,8 +80,9 @@ def _predict(args):
     from keras_r21d.data.video import VideoReadError
     from keras_r21d.inference import clip_length, predict_video
     from keras_r21d.models import get_model
+    from keras_r21d.optimize import inference_model
 
-    model = get_model(args.model, weights=args.weights, frames=args.frames)
+    model = inference_model(get_model(args.model, weights=args.weights, frames=args.frames))
     frames = clip_length(model, args.frames)
     files = _video_files(args.videos)
     if not files:

@@ -174,6 +174,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     from tqdm import tqdm
 
     from keras_r21d.data.pipeline import clip_dataset
+    from keras_r21d.optimize import inference_model
 
     videos = list(videos)
     if not videos:
@@ -184,6 +185,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
                            clips_per_video=clips_per_video, with_video_index=True, resize=resize,
                            crop=crop)
+    model = inference_model(model)
     probs, labels, ids = [], [], []
     with tqdm(total=len(videos) * clips_per_video, unit="clip", disable=not progress,
               desc="evaluate", leave=False) as bar:

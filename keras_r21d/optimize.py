@@ -250,3 +250,17 @@ def optimize_for_inference(model, precision="float32", conv2d_only=False):
         if hasattr(model, attribute):
             setattr(fast, attribute, getattr(model, attribute))
     return fast
+
+
+def inference_model(model):
+    """`optimize_for_inference(model)` for a keras_r21d network; any other model as it is.
+
+    What the predict and evaluate commands run, so users get the fast graph
+    without asking; float32, so the numbers are those of `model`.
+    """
+    if not isinstance(model, keras.Model):
+        return model
+    try:
+        return optimize_for_inference(model)
+    except (ValueError, TypeError):  # not a chain of keras_r21d blocks: nothing to fold
+        return model

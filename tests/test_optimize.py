@@ -144,3 +144,15 @@ def test_fast_modes_keep_top1_and_probabilities_on_real_clips(converted_r2plus1d
         probs = fast.predict(x, batch_size=4, verbose=0)
         np.testing.assert_array_equal(probs.argmax(1), reference.argmax(1), err_msg=precision)
         assert np.abs(probs - reference).max() < 0.01, precision
+
+
+def test_predict_and_evaluate_get_the_fast_graph_without_asking():
+    from keras_r21d.optimize import inference_model
+
+    model = network("mc3_18", frames=4)
+    fast = inference_model(model)
+    assert any(isinstance(layer, FusedConv) for layer in fast.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in fast._flatten_layers())
+    inputs = keras.Input((4, 32, 32, 3))
+    wrapped = keras.Model(inputs, keras.layers.Add()([model(inputs), model(inputs)]))
+    assert inference_model(wrapped) is wrapped  # not a keras_r21d chain: run as it is

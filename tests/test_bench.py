@@ -180,7 +180,8 @@ def test_ratios_and_targets(quick):
     train = {r["side"]: r for r in result["train"]}
     for row in train.values():
         assert row["clips_per_s"] == pytest.approx(row["batch"] / row["s_per_step"])
-    assert train["keras"]["ratio_vs_torch"] == pytest.approx(train["keras"]["clips_per_s"] / train["torch"]["clips_per_s"])
+    keras, torch = train["keras"], train["torch"]
+    assert keras["ratio_vs_torch"] == pytest.approx(keras["clips_per_s"] / torch["clips_per_s"])
     assert any(t["what"] == "keras / torch training step" for t in targets)
 
 

@@ -184,24 +184,33 @@ def _finetune(args):
 
 
 def _export(args):
+    import numpy as np
+
     from keras_r21d.export import default_path, export_model, load_exported
     from keras_r21d.models import get_model
 
     model = get_model(args.model, weights=_weights(args.weights), frames=args.frames)
     path = args.output or default_path(args.model, args.format)
-    export_model(model, path, args.format, frames=args.frames, size=args.size, batch_size=args.batch_size)
+    calibration = None
+    if args.int8:
+        from keras_r21d.inference import video_clips
+
+        files = _video_files(args.int8)
+        if not files:
+            raise ValueError(f"No video found in {args.int8} to calibrate the int8 ranges with.")
+        calibration = np.concatenate([video_clips(model, f, args.int8_clips, args.frames) for f in files])
+    export_model(model, path, args.format, frames=args.frames, size=args.size, batch_size=args.batch_size,
+                 int8_calibration=calibration)
     print(f"Wrote {args.format} {path} (input and preprocessing in {path.rstrip('/')}.json).")
     if args.check:
         import json as json_
         import pathlib
 
-        import numpy as np
-
         shape = json_.loads(pathlib.Path(path.rstrip("/") + ".json").read_text())["input_shape"]
         x = np.random.default_rng(0).normal(size=[n or 1 for n in shape]).astype("float32")
         difference = np.abs(load_exported(path, args.format)(x) - model.predict_on_batch(x)).max()
         print(f"Checked in its own runtime: max |exported - keras| = {difference:.2e} on a random clip.")
-        if not difference < 1e-4:
+        if not difference < 1e-4 and not args.int8:
             return 1
     return 0
 
@@ -332,6 +341,10 @@ def build_parser():
     export.add_argument("--frames", type=int, help="clip length of the exported input (default: the weights')")
     export.add_argument("--size", type=int, help="input height = width (default 112)")
     export.add_argument("--batch-size", type=int, help="fixed batch size (default: any; TFLite: 1)")
+    export.add_argument("--int8", nargs="+", metavar="VIDEO",
+                        help="TFLite: quantize to int8, calibrated on clips of these videos or folders "
+                             "(faster, not exact)")
+    export.add_argument("--int8-clips", type=int, default=4, help="calibration clips per video (default 4)")
     export.add_argument("--check", action="store_true",
                         help="run the artifact in its own runtime and compare with Keras (to 1e-4)")
     export.set_defaults(run=_export)

@@ -29,7 +29,8 @@ def default_path(model_name, format):
     return f"{model_name}{SUFFIXES[format]}"
 
 
-def export_model(model, path, format="savedmodel", frames=None, size=None, batch_size=None):
+def export_model(model, path, format="savedmodel", frames=None, size=None, batch_size=None,
+                 int8_calibration=None):
     """Writes `model` as a standalone artifact that needs neither Keras nor this package.
 
     Args:
@@ -38,9 +39,14 @@ def export_model(model, path, format="savedmodel", frames=None, size=None, batch
         format: "savedmodel", "tflite" or "onnx".
         frames: clip length T of the exported input; default the model's own
             (fixed, trained with, or 16; see `keras_r21d.inference.clip_length`).
-        size: input height = width; default the model's own, else the crop of
-            its preprocessing (112).
+        size: input height = width, or `(height, width)`; default the model's
+            own, else the crop of its preprocessing (112).
         batch_size: fixed batch size, or None for any (TFLite: default 1).
+        int8_calibration: TFLite only: preprocessed clips `(N, T, H, W, 3)`,
+            typical of the inputs, to quantize the network to int8 with (full
+            integer post-training quantization; inputs and outputs stay float32).
+            About 3x faster on x86 CPUs with VNNI, but not exact: see the README
+            for the accuracy measured.
 
     Returns:
         The path written. A `<path>.json` beside it records the input shape, the
@@ -64,25 +70,48 @@ def export_model(model, path, format="savedmodel", frames=None, size=None, batch
     crop = metadata.get("preprocessing", {}).get("crop", 112)
     fixed_h, fixed_w, channels = model.input_shape[2:]
     frames = clip_length(model, frames)
-    height = size or fixed_h or crop
-    width = size or fixed_w or crop
+    height, width = size if isinstance(size, (tuple, list)) else (size, size)
+    height, width = height or fixed_h or crop, width or fixed_w or crop
     if format == "tflite" and batch_size is None:
         batch_size = 1
     shape = (batch_size, frames, height, width, channels)
+    converter_options = {}
+    if int8_calibration is not None:
+        converter_options = _int8_options(int8_calibration, format, shape)
     fast = optimize_for_inference(model, conv2d_only=format == "tflite")
     spec = keras.InputSpec(shape=shape, dtype="float32")
     try:
-        fast.export(path, format=FORMATS[format], input_signature=[spec], verbose=False)
+        fast.export(path, format=FORMATS[format], input_signature=[spec], verbose=False, **converter_options)
     except ImportError as error:
         raise RuntimeError(f"Exporting to {format} needs {RUNTIMES[format]}: {error}") from error
     with open(path.rstrip("/") + ".json", "w") as f:
         json.dump({
             "model": model.name, "format": format, "input_shape": list(shape),
             "input_layout": "batch, frames, height, width, RGB channels (channels last)",
-            "output_shape": list(fast.output_shape),
+            "output_shape": list(fast.output_shape), "int8": int8_calibration is not None,
             "preprocessing": metadata.get("preprocessing"), "labels": metadata.get("labels"),
         }, f, indent=2)
     return path
+
+
+def _int8_options(calibration, format, shape):
+    """TFLite converter settings for int8 quantization calibrated on `calibration`."""
+    import numpy as np
+    import tensorflow as tf
+
+    if format != "tflite":
+        raise ValueError(f"int8 quantization is for TFLite exports; received format={format!r}.")
+    clips = np.asarray(calibration, np.float32)
+    if clips.ndim != 5 or clips.shape[1:] != tuple(shape[1:]) or not len(clips):
+        raise ValueError(
+            f"`int8_calibration` must be preprocessed clips of shape (N,) + {tuple(shape[1:])}, like the "
+            f"exported input; received an array of shape {clips.shape}."
+        )
+    batch = shape[0]
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": lambda: ([clips[i:i + batch]] for i in range(0, len(clips) - batch + 1, batch)),
+    }
 
 
 def load_exported(path, format=None):
@@ -109,7 +138,7 @@ def load_exported(path, format=None):
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as error:
             raise RuntimeError(f"Running a .tflite file needs {RUNTIMES['tflite']}.") from error
-        interpreter = Interpreter(model_path=path)
+        interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
         interpreter.allocate_tensors()
         (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
 

@@ -23,6 +23,18 @@ def sample_clips(video, frames, clips):
     return np.stack([video[(start + np.arange(frames)) % len(video)] for start in starts])
 
 
+def video_clips(model, path, clips=10, frames=None):
+    """`clips` uniformly spaced clips of a video file, preprocessed as `model`'s weights
+    expect (the preprocessing stored with a preset, else Kinetics'): `(clips, T, H, W, 3)`."""
+    from keras_r21d.data.video import read_video
+    from keras_r21d.preprocessing import preprocess_input
+
+    options = {k: v for k, v in getattr(model, "preset_metadata", {}).get("preprocessing", {}).items()
+               if k in ("resize", "crop", "mean", "std")}
+    batch = sample_clips(read_video(path), clip_length(model, frames), clips)
+    return preprocess_input(batch, **options)
+
+
 def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
     """Top classes of a video file: the mean softmax of `clips` uniformly spaced clips.
 
@@ -38,16 +50,11 @@ def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
     Returns:
         A list of `(class_index, class_name, probability)`, most likely first.
     """
-    from keras_r21d.data.video import read_video
     from keras_r21d.labels import decode_predictions
-    from keras_r21d.preprocessing import preprocess_input
 
     metadata = getattr(model, "preset_metadata", {})
     frames = clip_length(model, frames)
-    batch = sample_clips(read_video(path), frames, clips)
-    options = {k: v for k, v in metadata.get("preprocessing", {}).items()
-               if k in ("resize", "crop", "mean", "std")}
-    probs = np.asarray(model.predict(preprocess_input(batch, **options), batch_size=clips, verbose=0))
+    probs = np.asarray(model.predict(video_clips(model, path, clips, frames), batch_size=clips, verbose=0))
     labels = labels or metadata.get("labels")
     if labels is None and probs.shape[1] != 400:
         labels = [f"class {i}" for i in range(probs.shape[1])]

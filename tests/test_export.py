@@ -70,3 +70,44 @@ def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"ending in '\.onnx'"):
         export_model(model, tmp_path / "m.tflite", "onnx")
     assert main(["export", "r3d_18", "--weights", "none", "--format", "onnx", "-o", str(tmp_path / "x.tflite")]) == 2
+
+
+def test_int8_tflite_is_quantized_and_close(tmp_path, rng):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = network("r2plus1d_18", midplanes="per_block")
+    calibration = rng.normal(size=(8, FRAMES, SIZE, SIZE, 3)).astype("float32")
+    float_path = export_model(model, tmp_path / "float.tflite", "tflite", frames=FRAMES, size=SIZE)
+    int8_path = export_model(model, tmp_path / "int8.tflite", "tflite", frames=FRAMES, size=SIZE,
+                             int8_calibration=calibration)
+    # int8 weights: a quarter of the float file, and the convolutions take int8 tensors.
+    assert (tmp_path / "int8.tflite").stat().st_size < 0.35 * (tmp_path / "float.tflite").stat().st_size
+    interpreter = Interpreter(model_path=int8_path)
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert convs and all(tensors[op["inputs"][0]] == np.int8 for op in convs)
+    x = rng.normal(size=(1, FRAMES, SIZE, SIZE, 3)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    got = load_exported(int8_path)(x)
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    assert not np.allclose(got, load_exported(float_path)(x), atol=1e-6)  # really quantized
+    with pytest.raises(ValueError, match=r"int8_calibration.*shape"):
+        export_model(model, tmp_path / "bad.tflite", "tflite", frames=FRAMES, size=SIZE,
+                     int8_calibration=calibration[:, :2])
+    with pytest.raises(ValueError, match="for TFLite exports"):
+        export_model(model, tmp_path / "bad.onnx", "onnx", frames=FRAMES, size=SIZE, int8_calibration=calibration)
+
+
+def test_cli_int8_calibrates_on_videos(tmp_path, capsys):
+    from tests.media import random_videos
+
+    (tmp_path / "videos").mkdir()
+    random_videos(tmp_path / "videos", 2, frames=12, size=(40, 48))
+    model = network("r2plus1d_18", input_shape=(FRAMES, SIZE, SIZE, 3))
+    preset = save_preset(model, tmp_path / "mine", {"frames": FRAMES,
+                                                    "preprocessing": {"resize": [36, 40], "crop": SIZE}})
+    out = tmp_path / "q.tflite"
+    code = main(["export", "r2plus1d_18", "--weights", str(preset), "--format", "tflite", "--size", str(SIZE),
+                 "-o", str(out), "--int8", str(tmp_path / "videos"), "--int8-clips", "3", "--check"])
+    assert code == 0, capsys.readouterr()
+    assert json.loads(out.with_name("q.tflite.json").read_text())["int8"] is True

@@ -41,6 +41,7 @@ from keras_r21d.models import (
     get_model,
     list_models,
 )
+from keras_r21d.export import export_model, load_exported
 from keras_r21d.optimize import optimize_for_inference
 from keras_r21d.preprocessing import VideoPreprocessing, preprocess_input
 from keras_r21d.preset_io import load_preset, save_preset

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["keras_r21d", "keras_r21d.layers", "keras_r21d.backbone", "keras_r21d.models",
-           "keras_r21d.preprocessing", "keras_r21d.labels"]
+           "keras_r21d.preprocessing", "keras_r21d.labels", "keras_r21d.optimize"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

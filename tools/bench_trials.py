@@ -162,7 +162,7 @@ def main(argv=None):
             _real_clips(args, start=args.frames) if args.videos else x.astype("float32"))
     # Random weights with random BN statistics and torch.nn.Linear's default classifier init
     # (uniform, bound 1/sqrt(512)), so the softmax is far from uniform and |dp| means something.
-    setup = ("import sys, numpy as np, keras_r21d; sys.path.insert(0, 'tests'); "
+    setup = ("import sys, numpy as np, keras, keras_r21d; sys.path.insert(0, 'tests'); keras.utils.set_random_seed(0); "
              "from tests.conftest import randomize_batchnorm; "
              "m = keras_r21d.get_model('r2plus1d_18', midplanes='per_block', classifier_activation=None); "
              "randomize_batchnorm(m); fc = m.get_layer('fc'); b = 512 ** -0.5; r = np.random.default_rng(1); "

@@ -130,6 +130,25 @@ def _real_clips(args, start=0):
                            for p in files]).astype("float32")
 
 
+def layouts(rounds):
+    """Channels-last against channels-first 3D convolutions in TensorFlow, on the main
+    convolution shapes of R(2+1)D-18 (the whole network is channels-last only)."""
+    import tensorflow as tf
+
+    print("| conv (C_in, T, H=W, C_out, kernel)        | NDHWC ms | NCDHW ms |")
+    print("|-------------------------------------------|----------|----------|")
+    for c, t, h, co, kernel in [(64, 16, 56, 144, (1, 3, 3)), (144, 16, 56, 64, (3, 1, 1)),
+                                (128, 8, 28, 288, (1, 3, 3)), (288, 8, 28, 128, (3, 1, 1))]:
+        last = tf.random.normal((1, t, h, h, c))
+        first = tf.transpose(last, (0, 4, 1, 2, 3))
+        w = tf.random.normal(kernel + (c, co))
+        times = []
+        for x, fmt in ((last, "NDHWC"), (first, "NCDHW")):
+            conv = tf.function(lambda x=x, fmt=fmt: tf.nn.conv3d(x, w, [1] * 5, "SAME", data_format=fmt))
+            times.append(_timed(lambda conv=conv: conv().numpy(), rounds) * 1e3)
+        print(f"| {str((c, t, h, co, kernel)):<41} | {times[0]:8.1f} | {times[1]:8.1f} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1)
@@ -139,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--trials", nargs="+", choices=list(TRIALS), metavar="TRIAL", help="default: all")
     parser.add_argument("--videos", help="folder of real videos: the softmax differences are measured on "
                                          "the first clip of each (default: on the random timing batch)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="only time channels-last against channels-first convolutions")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,6 +168,9 @@ def main(argv=None):
         kind, options = TRIALS[name][1:]
         with open(out, "w") as f:
             json.dump(worker(workdir, kind, options, args.rounds), f)
+        return 0
+    if args.layouts:
+        layouts(args.rounds)
         return 0
 
     import numpy as np

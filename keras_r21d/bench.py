@@ -217,7 +217,9 @@ class _KerasSide:
         y = _labels(batch, model.output_shape[-1], seed)
         self.model = model
         self.runners["train"] = lambda _: model.train_on_batch(x, y)
-        return {}
+        from keras_r21d.complexity import count_macs
+
+        return {"macs": count_macs(model)}
 
     def _input(self, batch, frames, size, seed):
         key = (batch, frames, size, seed)
@@ -717,10 +719,12 @@ def _train(result, workers, use_torch, settings, tmp, log):
     sides = {"keras": workers["keras"], **({"torch": workers["torch"]} if twin else {})}
     log(f"training step, {name} {frames}x{size}x{size} batch {batch}")
     checkpoint = os.path.join(tmp, f"{name}_train.pth") if twin else None
-    for side in ("torch", "keras"):
-        if side in sides:
-            sides[side]("train_build", name=name, frames=frames, size=size, batch=batch,
-                        checkpoint=checkpoint, seed=seed)
+    built = {side: sides[side]("train_build", name=name, frames=frames, size=size, batch=batch,
+                               checkpoint=checkpoint, seed=seed)
+             for side in ("torch", "keras") if side in sides}
+    # A training step costs about 3 forward passes (forward, gradients of the activations,
+    # gradients of the weights): the usual estimate, used for GFLOP/s and % of peak.
+    flops = 3 * 2 * built["keras"]["macs"]
     # A round of training is a single step or more: steps are the slow part.
     timed = _time_modes(sides, {side: ["train"] for side in sides}, (batch, frames, size),
                         settings["rounds"], settings["round_s"], seed)
@@ -732,6 +736,7 @@ def _train(result, workers, use_torch, settings, tmp, log):
             "round_s_per_step": t["round_s_per_batch"], "round_other_cpu": t["round_other_cpu"],
             "other_cpu": t["round_other_cpu"][t["round_s_per_batch"].index(best)],
             "ms_per_step": 1e3 * best, "clips_per_s": batch / best,
+            "flops_per_clip_estimate": flops, "gflops": flops * batch / best / 1e9,
             "rss_peak_mb": t["rss_peak_mb"],
         })
     for worker in sides.values():
@@ -781,6 +786,8 @@ def _ratios(result):
             best = max(same, key=lambda r: r["clips_per_s"])
             row["ratio_vs_torch"] = row["clips_per_s"] / best["clips_per_s"]
             row["compared_with"] = best["mode"]
+    for row in result["train"]:
+        row["fraction_of_peak"] = row["gflops"] / peak["float32"]["gflops"]
     train = {row["side"]: row for row in result["train"]}
     if "torch" in train:
         train["keras"]["ratio_vs_torch"] = train["keras"]["clips_per_s"] / train["torch"]["clips_per_s"]
@@ -888,6 +895,7 @@ def format_table(result):
         for row in result["train"]:
             ratio = f"{row['ratio_vs_torch']:.2f}x" if row.get("ratio_vs_torch") is not None else "-"
             lines.append(f"  {row['side']:<5} {row['clips_per_s']:>7.2f} clips/s {row['ms_per_step']:>8.0f} ms/step "
+                         f"~{row['gflops']:>5.0f} GFLOP/s ({row['fraction_of_peak']:.0%} of fp32 peak, 3x forward) "
                          f"RSS {row['rss_peak_mb']:>6.0f} MB  keras/torch {ratio:>5}  other {_share(row['other_cpu'])}")
     if result["targets"]:
         lines += ["", f"Targets (issue 10; they apply to {TARGET_MODEL}, 'info' rows are reported only):"]

@@ -180,6 +180,11 @@ def test_ratios_and_targets(quick):
     train = {r["side"]: r for r in result["train"]}
     for row in train.values():
         assert row["clips_per_s"] == pytest.approx(row["batch"] / row["s_per_step"])
+        # a training step estimated at 3 forward passes of the training clip
+        macs = torchvision_r2plus1d_18_macs(row["frames"], row["size"])
+        assert row["flops_per_clip_estimate"] == pytest.approx(3 * 2 * macs, rel=1e-6)
+        assert row["gflops"] == pytest.approx(row["flops_per_clip_estimate"] * row["clips_per_s"] / 1e9)
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["peak"]["float32"]["gflops"])
     keras, torch = train["keras"], train["torch"]
     assert keras["ratio_vs_torch"] == pytest.approx(keras["clips_per_s"] / torch["clips_per_s"])
     assert any(t["what"] == "keras / torch training step" for t in targets)

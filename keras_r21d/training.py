@@ -124,6 +124,16 @@ def load_run_state(run_dir):
     return json.loads(path.read_text())
 
 
+def _warn_onednn_bfloat16():
+    if keras.backend.backend() == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        import logging
+
+        logging.getLogger("keras_r21d").warning(
+            "Mixed bfloat16 training on TensorFlow's oneDNN kernels gave NaN losses in some runs on CPUs "
+            "without AMX (TF 2.21; see the README). If the loss turns NaN, run with TF_ENABLE_ONEDNN_OPTS=0 "
+            "or train in float32.")
+
+
 def finetune(
     dataset="ucf101",
     root=None,
@@ -245,6 +255,7 @@ def finetune(
             policy = keras.config.dtype_policy()
             if mixed_precision:
                 keras.config.set_dtype_policy("mixed_bfloat16")
+                _warn_onednn_bfloat16()
             try:
                 model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
             finally:

@@ -1,6 +1,8 @@
 """Fine-tuning: runs end to end, writes its logs, and resumes without losing or repeating work."""
 
 import json
+import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -126,10 +128,31 @@ def test_a_killed_process_resumes(videos, tmp_path):
     assert "epochs [0, 1, 2] steps 24" in finished.stdout
 
 
-def test_mixed_precision_trains_in_bfloat16_and_restores_the_policy(videos, tmp_path):
-    result = run(videos, tmp_path / "mixed", epochs=1, mixed_precision=True, validate=False, eval_clips=0)
-    model = result["model"]
-    assert model.get_layer("conv2_1").compute_dtype == "bfloat16"
-    assert all(w.dtype == "float32" for w in model.weights)
-    assert np.isfinite(result["history"][0]["loss"])
-    assert keras.config.dtype_policy().name == "float32"
+MIXED_PRECISION_RUN = """
+import json, pathlib, sys, keras
+from test_training import run, random_videos
+out = pathlib.Path(sys.argv[1])
+videos = random_videos(out / "videos", 8, frames=12, classes=2)
+result = run(videos, out / "mixed", epochs=1, mixed_precision=True, validate=False, eval_clips=0)
+model = result["model"]
+print(json.dumps({"compute": model.get_layer("conv2_1").compute_dtype,
+                  "weights": sorted({w.dtype for w in model.weights}),
+                  "loss": result["history"][0]["loss"], "policy": keras.config.dtype_policy().name}))
+"""
+
+
+def test_mixed_precision_trains_in_bfloat16_and_restores_the_policy(tmp_path):
+    # TF 2.21's oneDNN bfloat16 training kernels return NaN in some runs on CPUs without
+    # AMX (nondeterministic: R3D-10, 3 runs of 6; with TF_ENABLE_ONEDNN_OPTS=0 none of 6,
+    # all identical); see the README. This checks our side, with oneDNN's kernels off.
+    (tmp_path / "videos").mkdir()
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", MIXED_PRECISION_RUN, str(tmp_path)], env=env, check=False,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["compute"] == "bfloat16"
+    assert result["weights"] == ["float32"]
+    assert np.isfinite(result["loss"])
+    assert result["policy"] == "float32"

@@ -130,7 +130,21 @@ def _labels(batch, classes, seed):
 
 # ------------------------------------------------------------------ the workers
 
-class _KerasSide:
+class _Side:
+    """What both workers share: `runners` (mode -> function of the input batch) and
+    `_input` (the cached input of a shape), timed the same way on both sides."""
+
+    def do_run(self, mode, batch, frames, size, seed, repeats):
+        run, x = self.runners[mode], self._input(batch, frames, size, seed)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        return {"times": times}
+
+
+class _KerasSide(_Side):
     def __init__(self):
         import keras
 
@@ -234,15 +248,6 @@ class _KerasSide:
         return {"logits": {mode: np.asarray(run(x), np.float32).tolist()
                            for mode, run in self.runners.items()}}
 
-    def do_run(self, mode, batch, frames, size, seed, repeats):
-        run, x = self.runners[mode], self._input(batch, frames, size, seed)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        return {"times": times}
-
     def do_free(self):
         import gc
 
@@ -252,7 +257,7 @@ class _KerasSide:
         return {}
 
 
-class _TorchSide:
+class _TorchSide(_Side):
     def __init__(self):
         sys.modules.setdefault("triton", None)  # not needed on the CPU
         import torch
@@ -342,15 +347,6 @@ class _TorchSide:
     def do_logits(self, batch, frames, size, seed):
         x = self._input(batch, frames, size, seed)
         return {"logits": {mode: run(x).float().numpy().tolist() for mode, run in self.runners.items()}}
-
-    def do_run(self, mode, batch, frames, size, seed, repeats):
-        run, x = self.runners[mode], self._input(batch, frames, size, seed)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        return {"times": times}
 
     def do_train_build(self, name, frames, size, batch, checkpoint, seed=0):
         torch = self.torch

@@ -369,10 +369,13 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
     names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
     network = _build_model(model, weights, classes, frames, names, dataset)
+    from keras_r21d.optimize import inference_model
+
+    fast = inference_model(network)  # once for all splits (evaluate_model would redo it per split)
     per_split = {}
     for k in wanted:
         videos = split_lists.load_split(dataset, root, split=k, subset="test", splits_dir=splits_dir)
-        per_split[k] = evaluate_model(network, videos, frames=frames, clips_per_video=clips_per_video,
+        per_split[k] = evaluate_model(fast, videos, frames=frames, clips_per_video=clips_per_video,
                                       batch_size=batch_size, stride=stride, class_names=names,
                                       progress=progress)
     mean = {m: float(np.mean([r[m] for r in per_split.values()])) for m in TABLE_METRICS}

@@ -3,11 +3,10 @@
 `optimize_for_inference` rebuilds a trained network as a chain of `FusedConv`
 layers. Each carries one convolution with its batch norm folded in (a bias) and,
 where the network has one, the ReLU that follows (and the residual sum before
-it). Convolutions that are really 2D or 1D run as such: a 1 x k x k convolution
-is a 2D convolution over the frames folded into the batch, a t x 1 x 1 one a 2D
-convolution over (time, pixels). The arithmetic is the same; the kernels
-oneDNN runs for 2D convolutions are faster than its 3D ones, and the graph has
-no Conv3D at all for (2+1)D networks (TFLite runs it).
+it). On request (`conv2d_only`, for TFLite) convolutions that are really 2D or 1D
+run as 2D ones: a 1 x k x k convolution over the frames folded into the batch, a
+t x 1 x 1 one over (time, pixels); exact, and a (2+1)D graph then has no Conv3D.
+oneDNN runs the 3D form faster, so that is the default (measured; see the README).
 """
 
 import keras
@@ -24,8 +23,6 @@ def fold_batchnorm(conv, bn):
     """Kernel and bias of `conv` followed by inference-mode `bn`, as NumPy arrays."""
     kernel = ops.convert_to_numpy(conv.kernel)
     bias = ops.convert_to_numpy(conv.bias) if conv.use_bias else np.zeros(kernel.shape[-1], kernel.dtype)
-    if bn is None:
-        return kernel, bias
     gamma = ops.convert_to_numpy(bn.gamma) if bn.scale else 1.0
     beta = ops.convert_to_numpy(bn.beta) if bn.center else 0.0
     scale = gamma / np.sqrt(ops.convert_to_numpy(bn.moving_variance) + bn.epsilon)
@@ -211,8 +208,8 @@ def optimize_for_inference(model, precision="float32", conv2d_only=False):
     """A faster model for inference with the same inputs and outputs as `model`.
 
     Batch norm is folded into the convolutions, and each convolution runs with
-    its bias, residual sum and ReLU fused (see `FusedConv`). The result computes what `model(x, training=False)` computes,
-    to float32 rounding, and shares nothing with `model`: keep training the
+    its bias, residual sum and ReLU fused (see `FusedConv`). The result computes
+    what `model(x, training=False)` computes, to float32 rounding, and shares nothing with `model`: keep training the
     original, and call this again afterwards.
 
     Args:
@@ -264,9 +261,10 @@ def inference_model(model):
     """`optimize_for_inference(model)` for a keras_r21d network; any other model as it is.
 
     What the predict and evaluate commands run, so users get the fast graph
-    without asking; float32, so the numbers are those of `model`.
+    without asking; float32, so the numbers are those of `model`. A model that is
+    already an inference graph comes back as it is (so callers may nest).
     """
-    if not isinstance(model, keras.Model):
+    if not isinstance(model, keras.Model) or any(isinstance(layer, FusedConv) for layer in model.layers):
         return model
     try:
         return optimize_for_inference(model)

@@ -205,6 +205,7 @@ def test_keras_only(tmp_path):
     expected = [] if result["machine"]["isa"]["amx"] else [f"mc3_18 batch {b}" for b in batches]
     assert [t["where"] for t in result["targets"]] == expected
     assert all("torch" not in t["what"] and t["unit"] == "%" for t in result["targets"])
+    assert not any(t["applies"] for t in result["targets"])  # issue 10: targets are R(2+1)D-18's only
     assert "mc3_18" in out
 
 

@@ -156,6 +156,7 @@ def test_predict_and_evaluate_get_the_fast_graph_without_asking():
     fast = inference_model(model)
     assert any(isinstance(layer, FusedConv) for layer in fast.layers)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in fast._flatten_layers())
+    assert inference_model(fast) is fast  # already an inference graph: not rebuilt (evaluate nests the calls)
     inputs = keras.Input((4, 32, 32, 3))
     wrapped = keras.Model(inputs, keras.layers.Add()([model(inputs), model(inputs)]))
     assert inference_model(wrapped) is wrapped  # not a keras_r21d chain: run as it is

@@ -57,13 +57,6 @@ def _timed(call, rounds):
     return best
 
 
-def _softmax(logits):
-    import numpy as np
-
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def worker(workdir, kind, options, rounds):
     """Runs one trial in this process (its Keras backend set by the parent)."""
     import numpy as np
@@ -176,6 +169,7 @@ def main(argv=None):
     import numpy as np
 
     from keras_r21d.benchmarks import cpu_name
+    from keras_r21d.evaluation import to_probabilities
 
     workdir = tempfile.mkdtemp(prefix="bench_trials_")
     x = np.random.default_rng(0).normal(size=(args.batch, args.frames, args.size, args.size, 3))
@@ -212,7 +206,7 @@ def main(argv=None):
             continue
         with open(out) as f:
             result = json.load(f)
-        probs = _softmax(np.array(result.pop("logits")))
+        probs = to_probabilities(np.array(result.pop("logits")))
         if reference is None:
             reference = probs
             print(f"| (reference softmax: top-1 probability {probs.max(-1).min():.2f} to {probs.max(-1).max():.2f}) |")

@@ -9,6 +9,13 @@ Example:
 (None, 101)
 """
 
+# Before anything imports TensorFlow: its fast CPU kernels on every x86 CPU (see machine.py).
+from keras_r21d.machine import enable_onednn as _enable_onednn
+from keras_r21d.machine import quiet_tensorflow_in_cli as _quiet_tensorflow_in_cli
+
+_enable_onednn()
+_quiet_tensorflow_in_cli()
+
 from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
 from keras_r21d.complexity import count_macs, count_params
 from keras_r21d.convert import convert_checkpoint

@@ -3,6 +3,9 @@ import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What `import keras_r21d` does (keras_r21d/machine.py), for test modules that import Keras
+# first; importing the package here would load TensorFlow before torchvision, which crashes.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

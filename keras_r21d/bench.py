@@ -48,9 +48,9 @@ TORCH_MODES = {
     "bf16 autocast": ("bfloat16", False),
     "bf16 autocast channels_last_3d": ("bfloat16", True),
 }
+ALL_MODES = [*KERAS_MODES, *TORCH_MODES]
+BFLOAT16_MODES = [m for m, (precision, _) in [*KERAS_MODES.items(), *TORCH_MODES.items()] if precision == "bfloat16"]
 TORCHVISION_MODELS = ("r2plus1d_18", "r3d_18", "mc3_18")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8")
 
 DEFAULTS = {
     "models": ["r2plus1d_18", "r3d_18", "mc3_18"], "batch_sizes": [1, 8], "frames": 16, "size": 112,
@@ -63,29 +63,11 @@ QUICK = {
 }
 TARGET_MODEL = "r2plus1d_18"
 TARGETS = {"fastest": 1.0, "fastest_amx": 1.5, "bf16_peak_fraction": 0.85, "float32": 1.3, "train": 1.0}
+# Modes in bfloat16 are timed only on CPUs with bfloat16 instructions (AVX512_BF16 or AMX):
+# elsewhere it is emulated, and one R(2+1)D-18 batch or one large matmul takes minutes.
 
 
 # ------------------------------------------------------------------ the machine
-
-def cpu_flags(path="/proc/cpuinfo"):
-    """The CPU's feature flags (the first processor's `flags` line), as a set."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def isa_summary(flags=None):
-    """`{flag: present}` for the flags that matter to these kernels, and `amx`."""
-    flags = cpu_flags() if flags is None else flags
-    summary = {flag: flag in flags for flag in ISA_FLAGS}
-    summary["amx"] = any(flag.startswith("amx") for flag in flags)
-    return summary
-
 
 def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -146,18 +128,22 @@ class _Side:
 
 class _KerasSide(_Side):
     def __init__(self):
+        import keras_r21d  # noqa: F401 - before Keras: TensorFlow's oneDNN kernels (keras_r21d.machine)
         import keras
 
+        from keras_r21d.machine import onednn_enabled
+
         self.keras = keras
+        self.onednn = onednn_enabled()
         self.runners, self.inputs = {}, {}
         backend = keras.backend.backend()
         version = __import__(backend).__version__ if backend != "numpy" else ""
         self.library = f"keras {keras.__version__} ({backend} {version})".strip()
 
     def info(self):
-        return {"library": self.library, "backend": self.keras.backend.backend()}
+        return {"library": self.library, "backend": self.keras.backend.backend(), "onednn": self.onednn}
 
-    def do_peak(self, sizes, runs):
+    def do_peak(self, sizes, runs, dtypes):
         from keras import ops
 
         def operands(dtype):
@@ -170,8 +156,7 @@ class _KerasSide(_Side):
             return ops.convert_to_numpy(ops.cast(ops.matmul(a, b)[0, 0], "float32"))
 
         return {"library": self.keras.backend.backend(),
-                "gflops": {dtype: _best_gflops(matmul, operands(dtype), sizes, runs)
-                           for dtype in ("float32", "bfloat16")}}
+                "gflops": {dtype: _best_gflops(matmul, operands(dtype), sizes, runs) for dtype in dtypes}}
 
     def _network(self, name, frames, size, checkpoint, classifier=None):
         from keras_r21d.models import get_model
@@ -271,7 +256,7 @@ class _TorchSide(_Side):
         return {"library": f"torch {self.torch.__version__}, torchvision {self.torchvision.__version__}",
                 "threads": self.torch.get_num_threads()}
 
-    def do_peak(self, sizes, runs):
+    def do_peak(self, sizes, runs, dtypes):
         torch = self.torch
 
         def operands(dtype):
@@ -282,9 +267,8 @@ class _TorchSide(_Side):
             with torch.inference_mode():
                 torch.mm(a, b)
 
-        return {"library": "torch",
-                "gflops": {"float32": _best_gflops(matmul, operands(torch.float32), sizes, runs),
-                           "bfloat16": _best_gflops(matmul, operands(torch.bfloat16), sizes, runs)}}
+        return {"library": "torch", "gflops": {dtype: _best_gflops(matmul, operands(getattr(torch, dtype)), sizes, runs)
+                                               for dtype in dtypes}}
 
     def _network(self, name, seed, checkpoint):
         """torchvision's network, seeded, with random BN statistics (as trained ones are);
@@ -399,8 +383,8 @@ class Worker:
 
     def __init__(self, side):
         self.side = side
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # TensorFlow's start-up noise stays out of the report (keras_r21d.machine).
+        env = dict(os.environ, KERAS_R21D_QUIET_TENSORFLOW="1")
         # The script by path, not `-m keras_r21d.bench`: the package imports Keras (and
         # TensorFlow), which must not come before torchvision in the torch worker.
         self.process = subprocess.Popen(
@@ -452,8 +436,7 @@ def resolve_settings(models=None, batch_sizes=None, frames=None, size=None, roun
     unknown = [m for m in settings["models"] if m not in list_models()]
     if unknown:
         raise ValueError(f"Unknown model(s) {', '.join(unknown)}; choices: {', '.join(list_models())}.")
-    all_modes = list(KERAS_MODES) + list(TORCH_MODES)
-    unknown = [m for m in modes or () if m not in all_modes]
+    unknown = [m for m in modes or () if m not in ALL_MODES]
     if unknown:
         raise ValueError(f"Unknown mode(s) {unknown}; keras modes: {list(KERAS_MODES)}, "
                          f"torch modes: {list(TORCH_MODES)}.")
@@ -533,10 +516,11 @@ class _Interference:
 def _peak_summary(measured, sizes, runs, other_cpu):
     peak = {"measured_gflops": measured, "sizes": sizes, "runs": runs, "other_cpu": other_cpu}
     for dtype in ("float32", "bfloat16"):
-        library, value = max(((lib, g[dtype]) for lib, g in measured.items() if dtype in g),
-                             key=lambda item: item[1])
-        peak[dtype] = {"gflops": value, "library": library}
-    peak["best"] = max(peak["float32"]["gflops"], peak["bfloat16"]["gflops"])
+        values = [(lib, g[dtype]) for lib, g in measured.items() if dtype in g]
+        if values:
+            library, value = max(values, key=lambda item: item[1])
+            peak[dtype] = {"gflops": value, "library": library}
+    peak["best"] = max(peak[d]["gflops"] for d in ("float32", "bfloat16") if d in peak)
     return peak
 
 
@@ -554,12 +538,12 @@ def _best_of_peaks(first, second):
     return _peak_summary(measured, first["sizes"], first["runs"], min(shares) if shares else None)
 
 
-def _peak(workers, sizes, runs):
+def _peak(workers, sizes, runs, dtypes):
     """Best GFLOP/s of square matmuls per library and dtype; the best per dtype is the peak."""
     with _Interference([w.process.pid for w in workers.values()]) as other:
         measured = {"numpy": numpy_peak(sizes, runs)}
         for worker in workers.values():
-            answer = worker("peak", sizes=sizes, runs=runs)
+            answer = worker("peak", sizes=sizes, runs=runs, dtypes=dtypes)
             measured[answer["library"]] = answer["gflops"]
     return _peak_summary(measured, sizes, runs, other.fraction)
 
@@ -598,7 +582,7 @@ def run_benchmark(settings, log=None):
     """Runs the benchmark described by `settings` (see `resolve_settings`); returns a dict."""
     import shutil
 
-    from keras_r21d.benchmarks import cpu_name
+    from keras_r21d.machine import cpu_kind
 
     start = time.perf_counter()
     log = log or _Progress()
@@ -607,10 +591,18 @@ def run_benchmark(settings, log=None):
     if use_torch and not _torch_installed():
         notes.append("torch/torchvision not installed: Keras side only.")
         use_torch = False
-    isa = isa_summary()
+    kind = cpu_kind()
+    peak_dtypes = ["float32", "bfloat16"] if kind["bfloat16"] else ["float32"]
+    skipped = [] if settings["modes"] or kind["bfloat16"] else BFLOAT16_MODES
+    if skipped:
+        notes.append("no bfloat16 instructions on this CPU (bfloat16 is emulated there, minutes per batch): "
+                     f"not timed: {', '.join(skipped)} and the bfloat16 matmul peak.")
+    timed_modes = settings["modes"] or [m for m in ALL_MODES if m not in skipped]
     result = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "isa": isa},
+        "machine": {"cpu": kind["name"], "vendor": kind["vendor"], "family": kind["family"], "model": kind["model"],
+                    "cores": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "isa": {**kind["isa"], "amx": kind["amx"]},
+                    "bfloat16": kind["bfloat16"], "tf_onednn_default": kind["tf_onednn_default"]},
         "settings": {k: v for k, v in settings.items()}, "notes": notes, "peak": {}, "inference": [],
         "logit_check": [], "train": [], "targets": [],
     }
@@ -626,10 +618,11 @@ def run_benchmark(settings, log=None):
                 notes.append(f"the torch worker did not start, Keras side only: {str(error).splitlines()[0]}")
                 use_torch = False
         result["libraries"] = {side: w.info["library"] for side, w in workers.items()}
+        result["machine"]["onednn"] = workers["keras"].info.get("onednn")
 
         # The machine's peak: the best large square matmul per dtype over the libraries.
         log("matmul peak (numpy, " + ", ".join(workers) + ")")
-        result["peak"] = _peak(workers, settings["peak_sizes"], settings["peak_runs"])
+        result["peak"] = _peak(workers, settings["peak_sizes"], settings["peak_runs"], peak_dtypes)
 
         frames, size, seed = settings["frames"], settings["size"], settings["seed"]
         for index, name in enumerate(settings["models"]):
@@ -642,9 +635,9 @@ def run_benchmark(settings, log=None):
             built = {}
             if twin:
                 built["torch"] = sides["torch"]("build", name=name, frames=frames, size=size,
-                                                checkpoint=checkpoint, seed=seed, modes=settings["modes"])
+                                                checkpoint=checkpoint, seed=seed, modes=timed_modes)
             built["keras"] = sides["keras"]("build", name=name, frames=frames, size=size,
-                                            checkpoint=checkpoint, modes=settings["modes"])
+                                            checkpoint=checkpoint, modes=timed_modes)
             macs = built["keras"]["macs"]
             for mode, info in built["keras"]["modes"].items():
                 if not info["available"]:
@@ -693,7 +686,7 @@ def run_benchmark(settings, log=None):
         if _busy(result["peak"]["other_cpu"]):
             log("matmul peak again: other processes were busy the first time")
             result["peak"] = _best_of_peaks(result["peak"], _peak(workers, settings["peak_sizes"],
-                                                                  settings["peak_runs"]))
+                                                                  settings["peak_runs"], peak_dtypes))
             if _busy(result["peak"]["other_cpu"]):
                 notes.append(f"other processes used {result['peak']['other_cpu']:.0%} of the CPU or more while "
                              "the matmul peak was measured (twice): the peak may be underestimated.")
@@ -795,7 +788,9 @@ def _targets(result):
     targets = result["targets"]
     configs = sorted({(r["model"], r["batch"]) for r in result["inference"]},
                      key=lambda c: [r["model"] for r in result["inference"]].index(c[0]) * 1000 + c[1])
-    bf16_peak = result["peak"]["bfloat16"]["gflops"]
+    # The bfloat16-peak goal is for CPUs with bfloat16 arithmetic but no AMX (there bf16 is the
+    # fast precision); without bfloat16 instructions there is no such peak.
+    bf16_peak = result["peak"].get("bfloat16", {}).get("gflops") if not amx else None
     for model, batch in configs:
         rows = [r for r in result["inference"] if (r["model"], r["batch"]) == (model, batch)]
         keras = [r for r in rows if r["side"] == "keras"]
@@ -811,7 +806,7 @@ def _targets(result):
             targets.append({"where": where, "what": "fastest keras / fastest torch",
                             "modes": f"{fastest['mode']} vs {best_torch['mode']}", "value": value, "goal": goal,
                             "unit": "x", "pass": value >= goal})
-        if not amx:
+        if bf16_peak:
             value = fastest["gflops"] / bf16_peak
             targets.append({"where": where, "what": "fastest keras / bf16 peak",
                             "modes": f"{fastest['mode']}; {fastest['fraction_of_best_peak']:.0%} of the best peak",
@@ -847,17 +842,25 @@ def _fmt_value(value, unit):
 
 
 def format_table(result):
+    from keras_r21d.machine import ISA_FLAGS
+
     machine, peak = result["machine"], result["peak"]
     isa = machine["isa"]
     flags = " ".join(f for f in ISA_FLAGS if isa[f]) or "none of " + " ".join(ISA_FLAGS)
+    onednn = {True: "on", False: "OFF (slow 3D convolutions; see keras_r21d.machine)", None: "n/a"}
+    where = ", ".join(f"{k} {machine[k]}" for k in ("family", "model") if machine.get(k))
     lines = [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; ISA: {flags}; AMX: {'yes' if isa['amx'] else 'no'}.",
+        f"Machine: {machine['cpu']} ({machine.get('vendor', '?')}{', ' + where if where else ''}), "
+        f"{machine['cores']} cores; ISA: {flags}; AMX: {'yes' if isa['amx'] else 'no'}; "
+        f"bfloat16 arithmetic: {'yes' if machine.get('bfloat16') else 'no'}.",
+        f"TensorFlow oneDNN kernels (keras side): {onednn[machine.get('onednn')]}"
+        + ("" if machine.get("tf_onednn_default") else "; TensorFlow's own default on this CPU: off") + ".",
         "Libraries: " + "; ".join(f"{side}: {lib}" for side, lib in result.get("libraries", {}).items()) + ".",
         "Matmul peak, GFLOP/s (square " + "/".join(map(str, peak["sizes"])) + f", best of {peak['runs']}): "
         + "; ".join(f"{lib} " + ", ".join(f"{d} {g:.0f}" for d, g in gf.items())
                     for lib, gf in peak["measured_gflops"].items()) + ".",
-        (f"Peak used: float32 {peak['float32']['gflops']:.0f} ({peak['float32']['library']}), bfloat16 "
-         f"{peak['bfloat16']['gflops']:.0f} ({peak['bfloat16']['library']})."),
+        "Peak used: " + ", ".join(f"{d} {peak[d]['gflops']:.0f} ({peak[d]['library']})"
+                                  for d in ("float32", "bfloat16") if d in peak) + ".",
         "",
     ]
     s = result["settings"]
@@ -894,7 +897,7 @@ def format_table(result):
                          f"~{row['gflops']:>5.0f} GFLOP/s ({row['fraction_of_peak']:.0%} of fp32 peak, 3x forward) "
                          f"RSS {row['rss_peak_mb']:>6.0f} MB  keras/torch {ratio:>5}  other {_share(row['other_cpu'])}")
     if result["targets"]:
-        lines += ["", f"Targets (issue 10; they apply to {TARGET_MODEL}, 'info' rows are reported only):"]
+        lines += ["", f"Targets for this CPU kind (they apply to {TARGET_MODEL}, 'info' rows are reported only):"]
         width = max(len(t["where"]) for t in result["targets"])
         for t in result["targets"]:
             goal = f">= {_fmt_value(t['goal'], t['unit'])}"

@@ -26,6 +26,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
              "amx_tile", "amx_bf16", "amx_int8")
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 CLI_NAME = "keras-r21d"
+QUIET_VARIABLE = "KERAS_R21D_QUIET_TENSORFLOW"
 
 
 def _cpuinfo_fields(path="/proc/cpuinfo"):
@@ -136,16 +137,18 @@ def _stderr_filtered(noise):
 def quiet_tensorflow_in_cli():
     """In the `keras-r21d` command, TensorFlow's start-up messages stay hidden.
 
-    Unless the user set `TF_CPP_MIN_LOG_LEVEL`, it becomes 3 (C++ errors such as the
+    `TF_CPP_MIN_LOG_LEVEL` becomes 3 unless the user set it (hides C++ errors such as the
     failed CUDA probe and graph-optimizer chatter; real errors still raise in Python), and
-    TensorFlow is imported with the start-up noise filtered out of stderr. Library users
-    keep TensorFlow's defaults.
+    at level 3 TensorFlow is imported with its start-up noise filtered out of stderr.
+    Library users keep TensorFlow's defaults. Worker processes of the CLI ask for the same
+    with `KERAS_R21D_QUIET_TENSORFLOW=1`.
     """
     argv = getattr(sys, "argv", None) or [""]
-    if os.path.basename(argv[0]) != CLI_NAME or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if os.path.basename(argv[0]) != CLI_NAME and os.environ.get(QUIET_VARIABLE) != "1":
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "tensorflow" not in sys.modules:
+    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") != "3" or "tensorflow" in sys.modules:
+        return
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
         with _stderr_filtered(TF_STARTUP_NOISE):
             try:
                 import tensorflow  # noqa: F401

@@ -91,9 +91,14 @@ def test_derived_columns(quick):
         peak = result["peak"][row["precision"]]["gflops"]
         assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / peak)
         assert row["rss_peak_mb"] > 50
-    for dtype in ("float32", "bfloat16"):
+    dtypes = ("float32", "bfloat16") if result["machine"]["bfloat16"] else ("float32",)
+    for dtype in dtypes:
         best = max(g[dtype] for g in result["peak"]["measured_gflops"].values() if dtype in g)
         assert result["peak"][dtype]["gflops"] == best > 0
+    if not result["machine"]["bfloat16"]:  # emulated there: not timed, and said so
+        assert "bfloat16" not in result["peak"]
+        assert all(r["precision"] == "float32" for r in result["inference"])
+        assert any("no bfloat16 instructions" in note for note in result["notes"])
 
 
 def test_every_mode_timed_at_every_batch_size(quick):
@@ -105,8 +110,10 @@ def test_every_mode_timed_at_every_batch_size(quick):
         modes = {(r["side"], r["mode"]) for r in result["inference"] if r["batch"] == batch}
         assert ("keras", "float32") in modes
         if HAS_TORCH:
-            assert {("torch", m) for m in ("fp32", "fp32 channels_last_3d", "bf16 autocast",
-                                           "bf16 autocast channels_last_3d")} <= modes
+            expected = ["fp32", "fp32 channels_last_3d"]
+            if result["machine"]["bfloat16"]:
+                expected += ["bf16 autocast", "bf16 autocast channels_last_3d"]
+            assert {("torch", m) for m in expected} <= modes
     for row in result["inference"]:  # and each is a line of the printed table
         assert any(line.split()[:3] == [row["model"], str(row["batch"]), row["side"]] and row["mode"] in line
                    for line in out.splitlines())
@@ -136,6 +143,15 @@ def test_isa_flags(quick):
         assert isa[flag] == (flag in flags), flag
     assert isa["amx"] == any(f.startswith("amx") for f in flags)
     assert ("AMX: yes" in out) == isa["amx"]
+    assert result["machine"]["bfloat16"] == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_onednn_state_of_the_keras_side(quick):
+    result, out = quick
+    from tensorflow.python.util import _pywrap_util_port  # this process imported keras_r21d first too
+
+    assert result["machine"]["onednn"] == bool(_pywrap_util_port.IsMklEnabled())
+    assert ("oneDNN kernels (keras side): on" in out) == result["machine"]["onednn"]
 
 
 @needs_torch
@@ -200,9 +216,10 @@ def test_keras_only(tmp_path):
     assert [r["batch"] for r in result["inference"]] == result["settings"]["batch_sizes"]
     assert all(r["ratio_vs_torch"] is None for r in result["inference"])
     assert result["train"] == []
-    # Without torch only the fraction-of-peak goal is left (machines without AMX).
+    # Without torch only the fraction-of-bf16-peak goal is left (bfloat16 arithmetic without AMX).
     batches = result["settings"]["batch_sizes"]
-    expected = [] if result["machine"]["isa"]["amx"] else [f"mc3_18 batch {b}" for b in batches]
+    bf16_no_amx = result["machine"]["bfloat16"] and not result["machine"]["isa"]["amx"]
+    expected = [f"mc3_18 batch {b}" for b in batches] if bf16_no_amx else []
     assert [t["where"] for t in result["targets"]] == expected
     assert all("torch" not in t["what"] and t["unit"] == "%" for t in result["targets"])
     assert not any(t["applies"] for t in result["targets"])  # issue 10: targets are R(2+1)D-18's only

@@ -40,10 +40,8 @@ def _models_table(args):
 def _demo(args):
     from keras_r21d.demo import DEMO_NETWORKS, run_demo
 
-    if args.quick:
-        run_demo(args.output, networks=("fr2d_18", "r2plus1d_18"), progress=args.progress)
-    else:
-        run_demo(args.output, networks=args.networks or DEMO_NETWORKS, progress=args.progress)
+    networks = ("fr2d_18", "r2plus1d_18") if args.quick else args.networks or DEMO_NETWORKS
+    run_demo(args.output, networks=networks, seeds=args.seeds, progress=args.progress)
 
 
 def _convert(args):
@@ -237,7 +235,8 @@ def build_parser():
         "demo", help="offline demo: small networks of the paper learn motion on a generated dataset")
     demo.add_argument("-o", "--output", help="where the dataset and runs go (default: a temporary folder)")
     demo.add_argument("--networks", nargs="+", choices=list_models("*_18"), help="default: f-R2D R2D MC3 R3D R(2+1)D")
-    demo.add_argument("--quick", action="store_true", help="f-R2D and R(2+1)D only, a smaller run")
+    demo.add_argument("--quick", action="store_true", help="f-R2D and R(2+1)D only")
+    demo.add_argument("--seeds", type=int, default=3, help="training runs per network (default 3)")
     demo.add_argument("--progress", action="store_true", help="show Keras progress bars")
     demo.set_defaults(run=_demo)
     predict = commands.add_parser("predict", help="classify videos (top classes, mean over clips)")

@@ -11,35 +11,43 @@ cannot do better than chance on them.
 
 import pathlib
 import tempfile
+import time
 
 from keras_r21d.data.synthetic import ORDER_PAIRS
 
 DEMO_NETWORKS = ("fr2d_18", "r2d_18", "mc3_18", "r3d_18", "r2plus1d_18")
-# A tenth of the paper's widths: the demo trains in minutes on 2 cores.
+# A tenth of the paper's widths and 32x32 crops: 5 networks x 3 seeds train in minutes on 2 cores.
 DEMO_WIDTHS = (8, 16, 32, 64)
 DEMO_STEM_MIDPLANES = 6
+METRICS = ("clip@1", "video@1", "order@1", "other@1")
 
 
-def run_demo(output_dir=None, networks=DEMO_NETWORKS, frames=8, size=64, crop=56, videos_per_class=60,
-             epochs=10, batch_size=8, learning_rate=0.02, eval_clips=3, seed=0, progress=False):
-    """Generates the motion dataset, trains and evaluates each network, prints the table.
+def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=3, frames=8, video_frames=16, size=40, crop=32,
+             videos_per_class=36, epochs=10, batch_size=8, learning_rate=0.02, eval_clips=3, seed=0,
+             progress=False, log=None):
+    """Generates the motion dataset, trains and evaluates each network `seeds` times, prints the table.
 
     Args:
         output_dir: where the dataset and the runs go (default: a temporary folder).
         networks: registry names to compare (built at `DEMO_WIDTHS`).
-        frames: clip length.
+        seeds: training runs per network (seeds `seed`, `seed + 1`, ...: initialisation,
+            clip order and crops differ); the table gives their mean and spread.
+        frames: clip length; `video_frames`: length of the generated videos.
         size: side of the generated videos; `crop`: side of the training crops.
         videos_per_class, epochs, batch_size, learning_rate: the experiment's size.
         eval_clips: clips per video of the video-level evaluation.
-        seed: seed of the dataset and of the training.
-        progress: Keras progress bars.
+        seed: seed of the dataset, and the first training seed.
+        progress: Keras progress bars (a line per epoch is always printed).
+        log: where progress lines go (default: print, flushed).
 
     Returns:
-        list of dicts, one per network: params, macs, clip@1, video@1, `order@1`
-        (on the videos of the motion-order classes whose pair was recognised, the
-        share given the right order: chance is 50%) and `other@1` (video@1 on
-        the other classes).
+        list of dicts, one per network: params, macs, and for each of clip@1,
+        video@1, `order@1` (on the videos of the motion-order classes whose pair was
+        recognised, the share given the right order: chance is 50%) and `other@1`
+        (video@1 on the other classes) the list over seeds, plus `<metric>_mean` and
+        `<metric>_std`.
     """
+    import keras
     import numpy as np
 
     from keras_r21d.complexity import count_macs, count_params
@@ -47,35 +55,62 @@ def run_demo(output_dir=None, networks=DEMO_NETWORKS, frames=8, size=64, crop=56
     from keras_r21d.models import display_name, get_model
     from keras_r21d.training import finetune
 
+    start = time.perf_counter()
+
+    def say(text):
+        (log or (lambda line: print(line, flush=True)))(f"[{time.perf_counter() - start:5.0f} s] {text}")
+
     root = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="keras_r21d_demo_"))
     data = root / "motion"
-    summary = make_motion_dataset(data, videos_per_class=videos_per_class, size=(size, size), seed=seed)
+    say(f"generating the motion dataset in {data} ...")
+    summary = make_motion_dataset(data, videos_per_class=videos_per_class, frames=video_frames,
+                                  size=(size, size), seed=seed)
     names = summary["classes"]
     order_classes = [names.index(c) for pair in ORDER_PAIRS for c in pair]
-    print(f"Generated {summary['videos']} videos of {len(names)} motion classes in {data} "
-          f"(UCF101 layout); classes told apart only by frame order: {list(ORDER_PAIRS)}.")
+    others = [i for i in range(len(names)) if i not in order_classes]
+    pairs = [(names.index(a), names.index(b)) for a, b in ORDER_PAIRS]
+    say(f"{summary['videos']} videos of {len(names)} motion classes (UCF101 layout; split 1: "
+        f"{summary['counts'][1]['train']} train, {summary['counts'][1]['test']} test); classes told apart only "
+        f"by frame order: {list(ORDER_PAIRS)}. Training {len(networks)} network(s) x {seeds} seed(s), "
+        f"{epochs} epochs each.")
     rows = []
     for name in networks:
         settings = dict(widths=DEMO_WIDTHS, stem_midplanes=DEMO_STEM_MIDPLANES)
         sized = get_model(name, input_shape=(frames, crop, crop, 3), classes=len(names), **settings)
-        result = finetune(
-            dataset="ucf101", root=data, split=1, splits_dir=data / "ucfTrainTestlist", model=name,
-            weights=None, frames=frames, resize=None, crop=crop, batch_size=batch_size, epochs=epochs,
-            flip=False,  # a horizontal flip would turn MoveLeft into MoveRight
-            learning_rate=learning_rate, warmup_epochs=1, output_dir=root / "runs" / name,
-            checkpoint_every=None, eval_clips=eval_clips, seed=seed, progress=progress,
-            model_kwargs=dict(settings, **({"frames": frames} if name.startswith("r2d") else {})),
-        )
-        metrics = result["metrics"]
-        confusion = np.asarray(metrics["confusion"])
-        others = [i for i in range(len(names)) if i not in order_classes]
-        rows.append({
-            "network": display_name(name), "name": name, "params": count_params(sized),
-            "macs": count_macs(sized), "clip@1": metrics["clip@1"], "video@1": metrics["video@1"],
-            "order@1": order_accuracy(confusion, [(names.index(a), names.index(b)) for a, b in ORDER_PAIRS]),
-            "other@1": float(np.trace(confusion[others][:, others]) / confusion[others].sum()),
-        })
-    print(format_demo_table(rows, frames, crop, len(names), eval_clips))
+        row = {"network": display_name(name), "name": name, "params": count_params(sized),
+               "macs": count_macs(sized), "seeds": [], **{metric: [] for metric in METRICS}}
+        for run in range(seeds):
+            run_seed = seed + run
+            label = f"{display_name(name)} seed {run + 1}/{seeds}"
+            say(f"{label}: training")
+
+            def epoch_line(epoch, logs, label=label):
+                say(f"{label} epoch {epoch + 1}/{epochs}: loss {logs['loss']:.3f}, "
+                    f"train accuracy {100 * logs['accuracy']:.0f}%")
+
+            result = finetune(
+                dataset="ucf101", root=data, split=1, splits_dir=data / "ucfTrainTestlist", model=name,
+                weights=None, frames=frames, resize=None, crop=crop, batch_size=batch_size, epochs=epochs,
+                flip=False,  # a horizontal flip would turn MoveLeft into MoveRight
+                learning_rate=learning_rate, warmup_epochs=1, output_dir=root / "runs" / f"{name}_seed{run_seed}",
+                checkpoint_every=None, validate=False, eval_clips=eval_clips, seed=run_seed, progress=progress,
+                model_kwargs=dict(settings, **({"frames": frames} if name.startswith("r2d") else {})),
+                callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_line)], quiet=True,
+            )
+            confusion = np.asarray(result["metrics"]["confusion"])
+            values = {"clip@1": result["metrics"]["clip@1"], "video@1": result["metrics"]["video@1"],
+                      "order@1": order_accuracy(confusion, pairs),
+                      "other@1": float(np.trace(confusion[others][:, others]) / confusion[others].sum())}
+            for metric, value in values.items():
+                row[metric].append(value)
+            row["seeds"].append(run_seed)
+            say(f"{label}: video@1 {100 * values['video@1']:.1f}%, order (pairs) {100 * values['order@1']:.1f}%")
+        for metric in METRICS:
+            row[f"{metric}_mean"] = float(np.mean(row[metric]))
+            row[f"{metric}_std"] = float(np.std(row[metric]))
+        rows.append(row)
+    print(format_demo_table(rows, frames, crop, len(names), eval_clips, seeds), flush=True)
+    say("done")
     return rows
 
 
@@ -87,19 +122,24 @@ def order_accuracy(confusion, pairs):
     return float(right / within) if within else float("nan")
 
 
-def format_demo_table(rows, frames, crop, classes, eval_clips):
+def _mean_std(row, metric):
+    return f"{100 * row[metric + '_mean']:.1f} ± {100 * row[metric + '_std']:.1f}"
+
+
+def format_demo_table(rows, frames, crop, classes, eval_clips, seeds):
+    widths = (12, 9, 7, 12, 12, 13, 13)
     lines = [
         "",
-        f"Motion dataset, {classes} classes, trained from scratch; input {frames}x{crop}x{crop}; "
-        f"video@1 averages {eval_clips} clips per video.",
-        f"| {'network':<12} | {'params':>9} | {'MMAC':>7} | {'clip@1':>7} | {'video@1':>7} | "
+        f"Motion dataset, {classes} classes, trained from scratch; input {frames}x{crop}x{crop}; video@1 averages "
+        f"{eval_clips} clips per video; mean ± standard deviation over {seeds} seed(s), in %.",
+        f"| {'network':<12} | {'params':>9} | {'MMAC':>7} | {'clip@1':>12} | {'video@1':>12} | "
         f"{'order (pairs)':>13} | {'other classes':>13} |",
-        "|" + "|".join("-" * (w + 2) for w in (12, 9, 7, 7, 7, 13, 13)) + "|",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['network']:<12} | {r['params']:>9,} | {r['macs'] / 1e6:>7.1f} | {100 * r['clip@1']:>6.1f}% | "
-            f"{100 * r['video@1']:>6.1f}% | {100 * r['order@1']:>12.1f}% | {100 * r['other@1']:>12.1f}% |")
+            f"| {r['network']:<12} | {r['params']:>9,} | {r['macs'] / 1e6:>7.1f} | {_mean_std(r, 'clip@1'):>12} | "
+            f"{_mean_std(r, 'video@1'):>12} | {_mean_std(r, 'order@1'):>13} | {_mean_std(r, 'other@1'):>13} |")
     lines.append(f"order (pairs): videos of {', '.join('/'.join(p) for p in ORDER_PAIRS)} given the right one "
                  "of their pair, whose two classes are each other played backwards (chance 50%); "
                  f"chance over all classes {100 / classes:.1f}%.")

@@ -18,6 +18,7 @@ import math
 import os
 import pathlib
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -169,6 +170,8 @@ def finetune(
     progress=True,
     distributed=None,
     model_kwargs=None,
+    callbacks=None,
+    quiet=False,
 ):
     """Fine-tunes a network of the zoo on a video dataset; resumes an interrupted run.
 
@@ -212,6 +215,9 @@ def finetune(
             the videos with `batch_size` clips per step; process 0 writes the run
             directory.
         model_kwargs: extra `get_model` arguments (e.g. `widths` for small nets).
+        callbacks: more Keras callbacks for `model.fit` (e.g. a progress line per
+            epoch); `fit` runs once per epoch, so their epoch is absolute.
+        quiet: do not print the final evaluation table (the caller reports it).
 
     Returns:
         dict with `history` (per-epoch metrics), `preset` (directory) and `run_dir`.
@@ -284,7 +290,7 @@ def finetune(
     history = json.loads(history_path.read_text()) if history_path.is_file() and state else []
     history = [h for h in history if h["epoch"] < start_epoch]
     skipped = SkippedVideos()
-    callbacks = []
+    callbacks = list(callbacks or [])
     if cluster.is_chief:  # one writer of the run directory
         callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True))
         if keras.backend.backend() == "tensorflow":
@@ -300,9 +306,14 @@ def finetune(
             val = clip_dataset(val_videos, training=False, frames=clip_frames, stride=stride,
                                batch_size=batch_size, clips_per_video=1, skipped=skipped, shard=shard,
                                resize=resize, crop=crop)
-        result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
-                           callbacks=callbacks + [checkpointer.callback(epoch, first)],
-                           verbose=1 if progress else 0, shuffle=False)
+        with warnings.catch_warnings():
+            # The validation set's length is unknown (unreadable videos are dropped), so Keras
+            # warns when it ends: harmless. A short training epoch raises instead (its length
+            # is asserted in clip_dataset), so this hides no lost training step.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
+                               callbacks=callbacks + [checkpointer.callback(epoch, first)],
+                               verbose=1 if progress else 0, shuffle=False)
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         history.append({"epoch": epoch, "frames": clip_frames, **logs})
         if cluster.is_chief:
@@ -323,7 +334,8 @@ def finetune(
         metrics = evaluate_model(model, val_videos, frames=long_frames or frames, clips_per_video=eval_clips,
                                  batch_size=batch_size, stride=stride, class_names=labels, progress=progress,
                                  resize=resize, crop=crop)
-        print(format_table({split: metrics}, protocol_text=metrics["protocol_text"]))
+        if not quiet:
+            print(format_table({split: metrics}, protocol_text=metrics["protocol_text"]))
         write_outputs({"splits": {split: metrics}, "class_names": labels, "dataset": dataset,
                        "model": model_name, "protocol_text": metrics["protocol_text"]}, run_dir)
     preset = save_preset(model, run_dir / "preset", {

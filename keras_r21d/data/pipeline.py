@@ -239,7 +239,8 @@ def clip_dataset(
                 np.asarray([np.random.SeedSequence([seed, epoch, int(i)]).generate_state(1)[0]
                             for i in indices], "int64"))
         ds = tf.data.Dataset.zip(ds, randoms).map(load_train, num_parallel_calls=parallel, deterministic=True)
-        ds = ds.map(decoded)
+        # Checked at run time: an epoch that came out short would fail, not end early.
+        ds = ds.map(decoded).apply(tf.data.experimental.assert_cardinality(len(paths)))
     else:
         ds = tf.data.Dataset.from_tensor_slices((paths, labels, indices))
         ds = ds.map(load_eval, num_parallel_calls=parallel, deterministic=True).unbatch().map(decoded)

@@ -9,6 +9,7 @@ the motion-order classes, f-R2D (per-frame 2D convolutions, time averaged at the
 cannot do better than chance on them.
 """
 
+import os
 import pathlib
 import tempfile
 import time
@@ -24,8 +25,13 @@ METRICS = ("clip@1", "video@1", "order@1", "other@1")
 
 def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=3, frames=8, video_frames=16, size=40, crop=32,
              videos_per_class=36, epochs=10, batch_size=8, learning_rate=0.02, eval_clips=3, seed=0,
-             progress=False, log=None):
+             progress=False, workers=None):
     """Generates the motion dataset, trains and evaluates each network `seeds` times, prints the table.
+
+    The runs are independent, so they go to `workers` processes at once (default: one
+    per core, at most 4), each with its share of the cores: much of a short run is
+    single-threaded Python (tracing the training step), which another run's training
+    then overlaps.
 
     Args:
         output_dir: where the dataset and the runs go (default: a temporary folder).
@@ -38,7 +44,7 @@ def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=3, frames=8, video_f
         eval_clips: clips per video of the video-level evaluation.
         seed: seed of the dataset, and the first training seed.
         progress: Keras progress bars (a line per epoch is always printed).
-        log: where progress lines go (default: print, flushed).
+        workers: processes training at once (1: all in this process).
 
     Returns:
         list of dicts, one per network: params, macs, and for each of clip@1,
@@ -47,71 +53,99 @@ def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=3, frames=8, video_f
         (video@1 on the other classes) the list over seeds, plus `<metric>_mean` and
         `<metric>_std`.
     """
-    import keras
     import numpy as np
 
     from keras_r21d.complexity import count_macs, count_params
     from keras_r21d.data.synthetic import make_motion_dataset
     from keras_r21d.models import display_name, get_model
-    from keras_r21d.training import finetune
 
-    start = time.perf_counter()
-
-    def say(text):
-        (log or (lambda line: print(line, flush=True)))(f"[{time.perf_counter() - start:5.0f} s] {text}")
-
+    start = time.time()
     root = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="keras_r21d_demo_"))
     data = root / "motion"
-    say(f"generating the motion dataset in {data} ...")
+    _say(start, f"generating the motion dataset in {data} ...")
     summary = make_motion_dataset(data, videos_per_class=videos_per_class, frames=video_frames,
                                   size=(size, size), seed=seed)
     names = summary["classes"]
-    order_classes = [names.index(c) for pair in ORDER_PAIRS for c in pair]
-    others = [i for i in range(len(names)) if i not in order_classes]
-    pairs = [(names.index(a), names.index(b)) for a, b in ORDER_PAIRS]
-    say(f"{summary['videos']} videos of {len(names)} motion classes (UCF101 layout; split 1: "
-        f"{summary['counts'][1]['train']} train, {summary['counts'][1]['test']} test); classes told apart only "
-        f"by frame order: {list(ORDER_PAIRS)}. Training {len(networks)} network(s) x {seeds} seed(s), "
-        f"{epochs} epochs each.")
+    jobs = [dict(name=name, run_seed=seed + run, label=f"{display_name(name)} seed {run + 1}/{seeds}")
+            for name in networks for run in range(seeds)]
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or min(cores, 4), len(jobs)))
+    _say(start, f"{summary['videos']} videos of {len(names)} motion classes (UCF101 layout; split 1: "
+                f"{summary['counts'][1]['train']} train, {summary['counts'][1]['test']} test); classes told apart "
+                f"only by frame order: {list(ORDER_PAIRS)}. Training {len(networks)} network(s) x {seeds} seed(s), "
+                f"{epochs} epochs each, {workers} at a time.")
+    common = dict(root=str(root), names=names, frames=frames, crop=crop, epochs=epochs, batch_size=batch_size,
+                  learning_rate=learning_rate, eval_clips=eval_clips, progress=progress, start=start,
+                  threads=max(1, cores // workers) if workers > 1 else None)
+    if workers == 1:
+        results = [_train_one(job, common) for job in jobs]
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker (TensorFlow's runtime does not survive fork).
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_train_one, jobs, [common] * len(jobs)))
     rows = []
     for name in networks:
-        settings = dict(widths=DEMO_WIDTHS, stem_midplanes=DEMO_STEM_MIDPLANES)
-        sized = get_model(name, input_shape=(frames, crop, crop, 3), classes=len(names), **settings)
+        sized = get_model(name, input_shape=(frames, crop, crop, 3), classes=len(names), widths=DEMO_WIDTHS,
+                          stem_midplanes=DEMO_STEM_MIDPLANES)
+        runs = [r for job, r in zip(jobs, results) if job["name"] == name]
         row = {"network": display_name(name), "name": name, "params": count_params(sized),
-               "macs": count_macs(sized), "seeds": [], **{metric: [] for metric in METRICS}}
-        for run in range(seeds):
-            run_seed = seed + run
-            label = f"{display_name(name)} seed {run + 1}/{seeds}"
-            say(f"{label}: training")
-
-            def epoch_line(epoch, logs, label=label):
-                say(f"{label} epoch {epoch + 1}/{epochs}: loss {logs['loss']:.3f}, "
-                    f"train accuracy {100 * logs['accuracy']:.0f}%")
-
-            result = finetune(
-                dataset="ucf101", root=data, split=1, splits_dir=data / "ucfTrainTestlist", model=name,
-                weights=None, frames=frames, resize=None, crop=crop, batch_size=batch_size, epochs=epochs,
-                flip=False,  # a horizontal flip would turn MoveLeft into MoveRight
-                learning_rate=learning_rate, warmup_epochs=1, output_dir=root / "runs" / f"{name}_seed{run_seed}",
-                checkpoint_every=None, validate=False, eval_clips=eval_clips, seed=run_seed, progress=progress,
-                model_kwargs=dict(settings, **({"frames": frames} if name.startswith("r2d") else {})),
-                callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_line)], quiet=True,
-            )
-            confusion = np.asarray(result["metrics"]["confusion"])
-            values = {"clip@1": result["metrics"]["clip@1"], "video@1": result["metrics"]["video@1"],
-                      "order@1": order_accuracy(confusion, pairs),
-                      "other@1": float(np.trace(confusion[others][:, others]) / confusion[others].sum())}
-            for metric, value in values.items():
-                row[metric].append(value)
-            row["seeds"].append(run_seed)
-            say(f"{label}: video@1 {100 * values['video@1']:.1f}%, order (pairs) {100 * values['order@1']:.1f}%")
+               "macs": count_macs(sized), "seeds": [r["seed"] for r in runs]}
         for metric in METRICS:
+            row[metric] = [r[metric] for r in runs]
             row[f"{metric}_mean"] = float(np.mean(row[metric]))
             row[f"{metric}_std"] = float(np.std(row[metric]))
         rows.append(row)
     print(format_demo_table(rows, frames, crop, len(names), eval_clips, seeds), flush=True)
-    say("done")
+    _say(start, "done")
     return rows
+
+
+def _say(start, text):
+    print(f"[{time.time() - start:5.0f} s] {text}", flush=True)
+
+
+def _train_one(job, common):
+    """One (network, seed) run of the demo, with the real `finetune`; returns its metrics."""
+    import keras
+    import numpy as np
+
+    from keras_r21d.training import finetune
+
+    if common["threads"] and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(common["threads"])
+    name, run_seed, label, start = job["name"], job["run_seed"], job["label"], common["start"]
+    names, epochs, frames = common["names"], common["epochs"], common["frames"]
+    data = pathlib.Path(common["root"]) / "motion"
+    _say(start, f"{label}: training")
+
+    def epoch_line(epoch, logs):
+        _say(start, f"{label} epoch {epoch + 1}/{epochs}: loss {logs['loss']:.3f}, "
+                    f"train accuracy {100 * logs['accuracy']:.0f}%")
+
+    result = finetune(
+        dataset="ucf101", root=data, split=1, splits_dir=data / "ucfTrainTestlist", model=name,
+        weights=None, frames=frames, resize=None, crop=common["crop"], batch_size=common["batch_size"],
+        epochs=epochs, flip=False,  # a horizontal flip would turn MoveLeft into MoveRight
+        learning_rate=common["learning_rate"], warmup_epochs=1,
+        output_dir=pathlib.Path(common["root"]) / "runs" / f"{name}_seed{run_seed}", checkpoint_every=None,
+        validate=False, eval_clips=common["eval_clips"], seed=run_seed, progress=common["progress"],
+        model_kwargs=dict(widths=DEMO_WIDTHS, stem_midplanes=DEMO_STEM_MIDPLANES,
+                          **({"frames": frames} if name.startswith("r2d") else {})),
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_line)], quiet=True,
+    )
+    confusion = np.asarray(result["metrics"]["confusion"])
+    order = [names.index(c) for pair in ORDER_PAIRS for c in pair]
+    others = [i for i in range(len(names)) if i not in order]
+    values = {"seed": run_seed, "clip@1": result["metrics"]["clip@1"], "video@1": result["metrics"]["video@1"],
+              "order@1": order_accuracy(confusion, [(names.index(a), names.index(b)) for a, b in ORDER_PAIRS]),
+              "other@1": float(np.trace(confusion[others][:, others]) / confusion[others].sum())}
+    _say(start, f"{label}: video@1 {100 * values['video@1']:.1f}%, order (pairs) {100 * values['order@1']:.1f}%")
+    return values
 
 
 def order_accuracy(confusion, pairs):

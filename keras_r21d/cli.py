@@ -236,7 +236,7 @@ def build_parser():
     demo.add_argument("-o", "--output", help="where the dataset and runs go (default: a temporary folder)")
     demo.add_argument("--networks", nargs="+", choices=list_models("*_18"), help="default: f-R2D R2D MC3 R3D R(2+1)D")
     demo.add_argument("--quick", action="store_true", help="f-R2D and R(2+1)D only")
-    demo.add_argument("--seeds", type=int, default=3, help="training runs per network (default 3)")
+    demo.add_argument("--seeds", type=int, default=2, help="training runs per network (default 2)")
     demo.add_argument("--progress", action="store_true", help="show Keras progress bars")
     demo.set_defaults(run=_demo)
     predict = commands.add_parser("predict", help="classify videos (top classes, mean over clips)")

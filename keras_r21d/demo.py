@@ -17,13 +17,13 @@ import time
 from keras_r21d.data.synthetic import ORDER_PAIRS
 
 DEMO_NETWORKS = ("fr2d_18", "r2d_18", "mc3_18", "r3d_18", "r2plus1d_18")
-# A tenth of the paper's widths and 32x32 crops: 5 networks x 3 seeds train in minutes on 2 cores.
+# A tenth of the paper's widths and 32x32 crops: 5 networks x 2 seeds train in minutes on 2 cores.
 DEMO_WIDTHS = (8, 16, 32, 64)
 DEMO_STEM_MIDPLANES = 6
 METRICS = ("clip@1", "video@1", "order@1", "other@1")
 
 
-def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=3, frames=8, video_frames=16, size=40, crop=32,
+def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=2, frames=8, video_frames=16, size=40, crop=32,
              videos_per_class=36, epochs=10, batch_size=8, learning_rate=0.02, eval_clips=3, seed=0,
              progress=False, workers=None):
     """Generates the motion dataset, trains and evaluates each network `seeds` times, prints the table.

@@ -29,7 +29,8 @@ videos = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
 out = pathlib.Path(sys.argv[2])
 result = finetune(train_videos=videos, labels=["a", "b"], model="r2plus1d_10", weights=None, frames=4,
                   batch_size=2, epochs=2, output_dir=out / "run", validate=False, distributed=True,
-                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False)
+                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False,
+                  resize=None, crop=32)
 rank = keras.distribution.distribution().device_mesh is not None and __import__("jax").process_index()
 np.savez(out / f"weights{rank}.npz", *[keras.ops.convert_to_numpy(w) for w in result["model"].weights])
 (out / f"seen{rank}.json").write_text(json.dumps(sorted(seen)))
@@ -78,7 +79,8 @@ assert len(jax.devices()) == 2
 videos = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
 result = finetune(train_videos=videos, labels=["a", "b"], model="r2plus1d_10", weights=None, frames=4,
                   batch_size=4, epochs=1, output_dir=sys.argv[2], validate=False, distributed=True,
-                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False)
+                  model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False,
+                  resize=None, crop=32)
 print("mesh", keras.distribution.distribution().device_mesh.shape,
       "steps", int(keras.ops.convert_to_numpy(result["model"].optimizer.iterations)))
 """

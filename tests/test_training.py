@@ -29,7 +29,8 @@ def videos(tmp_path_factory):
 def run(videos, out, **kwargs):
     settings = dict(train_videos=videos, val_videos=videos[:2], labels=["a", "b"], model="r2plus1d_10",
                     weights=None, frames=4, batch_size=2, epochs=2, output_dir=out, checkpoint_every=1,
-                    model_kwargs=TINY, progress=False, learning_rate=0.05)
+                    model_kwargs=TINY, progress=False, learning_rate=0.05,
+                    resize=None, crop=32)  # not Kinetics' 128x171 -> 112: a tenth of the pixels
     settings.update(kwargs)
     return finetune(**settings)
 
@@ -100,6 +101,7 @@ from keras_r21d.training import finetune
 videos = pickle.loads(pathlib.Path(sys.argv[1]).read_bytes())
 result = finetune(train_videos=videos, labels=["a", "b"], model="r2plus1d_10", weights=None, frames=4,
                   batch_size=1, epochs=3, output_dir=sys.argv[2], checkpoint_every=1, validate=False,
+                  resize=None, crop=32,
                   model_kwargs=dict(widths=(4, 4, 8, 8), stem_midplanes=3), progress=False)
 print("epochs", [h["epoch"] for h in result["history"]],
       "steps", int(result["model"].optimizer.iterations.numpy()))

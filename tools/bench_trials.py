@@ -11,7 +11,8 @@ the top-1 classes agree (on the first clip of each video of `--videos`, or on th
 random batch).
 Trials: the plain model and `optimize_for_inference` (batch norm folded) on the
 TensorFlow backend, with XLA, in mixed bfloat16, with the 2D lowering; the
-exported TFLite graph (XNNPACK) in float32 and int8; ONNX Runtime; the JAX and
+exported TFLite graph (XNNPACK) in float32 and int8; ONNX Runtime; OpenVINO (pip install
+openvino) on the exported ONNX graph; the JAX and
 PyTorch backends. torchvision itself is measured by `keras-r21d bench`.
 """
 
@@ -34,6 +35,7 @@ TRIALS = {
     "tflite float32 XNNPACK (exported)": ("tensorflow", "tflite", {}),
     "tflite int8 XNNPACK (exported, calibrated)": ("tensorflow", "tflite", {"int8": True}),
     "onnxruntime float32 (exported)": ("tensorflow", "onnx", {}),
+    "openvino float32 (exported ONNX)": ("tensorflow", "openvino", {}),
     "jax float32 (get_model)": ("jax", "plain", {}),
     "jax float32 optimize_for_inference": ("jax", "optimized", {}),
     "torch backend float32 (get_model)": ("torch", "plain", {}),
@@ -99,6 +101,13 @@ def _exported(model, x, kind, options, workdir):
 
     if kind == "onnx":
         return load_exported(export_model(model, os.path.join(workdir, "model.onnx"), "onnx", frames=x.shape[1]))
+    if kind == "openvino":
+        import openvino
+
+        path = export_model(model, os.path.join(workdir, "model.onnx"), "onnx", frames=x.shape[1])
+        # float32 asked for explicitly: on CPUs with bfloat16 OpenVINO would otherwise compute in bfloat16.
+        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return lambda clips: np.asarray(compiled(clips)[0], np.float32)
     # TFLite graphs have a fixed shape: one clip per call, as on a phone.
     calibration = np.load(os.path.join(workdir, "calibration.npy")) if options.get("int8") else None
     path = export_model(model, os.path.join(workdir, "model.tflite"), "tflite", frames=x.shape[1],

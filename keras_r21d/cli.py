@@ -2,7 +2,34 @@
 
 import argparse
 import json
+import math
 import sys
+
+
+def _ranged(kind, minimum, exclusive=False, maximum=None):
+    """An argparse type: a finite `kind` >= `minimum` (> when `exclusive`, < `maximum`);
+    anything else is refused at parse time, naming the value and the range."""
+    described = f"{'>' if exclusive else '>='} {minimum:g}" + (f" and < {maximum:g}" if maximum is not None else "")
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; expected {noun} {described}") from None
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum) or (
+                maximum is not None and value >= maximum):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {noun} {described}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {described}"
+    return parse
+
+
+POSITIVE_INT = _ranged(int, 1)
+NON_NEGATIVE_INT = _ranged(int, 0)
+POSITIVE_FLOAT = _ranged(float, 0, exclusive=True)
+NON_NEGATIVE_FLOAT = _ranged(float, 0)
 
 
 def _models_table(args):
@@ -69,8 +96,10 @@ def _video_files(paths):
     for path in map(pathlib.Path, paths):
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-        else:
+        elif path.exists():
             files.append(path)
+        else:
+            raise FileNotFoundError(f"{str(path)!r} does not exist; pass video files or folders of videos.")
     return files
 
 
@@ -223,9 +252,9 @@ def build_parser():
 
     models = commands.add_parser("models", help="list the networks with parameters and MACs per clip")
     models.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. 'mc*'")
-    models.add_argument("--frames", type=int, default=16, help="clip length T (default 16)")
-    models.add_argument("--size", type=int, default=112, help="crop size H = W (default 112)")
-    models.add_argument("--classes", type=int, default=400, help="classifier size (default 400)")
+    models.add_argument("--frames", type=POSITIVE_INT, default=16, help="clip length T (default 16)")
+    models.add_argument("--size", type=POSITIVE_INT, default=112, help="crop size H = W (default 112)")
+    models.add_argument("--classes", type=POSITIVE_INT, default=400, help="classifier size (default 400)")
     models.add_argument("--midplanes", choices=("per_conv", "per_block"), default="per_conv",
                         help="(2+1)D width convention (default per_conv, the paper's)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -236,7 +265,7 @@ def build_parser():
     demo.add_argument("-o", "--output", help="where the dataset and runs go (default: a temporary folder)")
     demo.add_argument("--networks", nargs="+", choices=list_models("*_18"), help="default: f-R2D R2D MC3 R3D R(2+1)D")
     demo.add_argument("--quick", action="store_true", help="f-R2D and R(2+1)D only")
-    demo.add_argument("--seeds", type=int, default=2, help="training runs per network (default 2)")
+    demo.add_argument("--seeds", type=POSITIVE_INT, default=2, help="training runs per network (default 2)")
     demo.add_argument("--progress", action="store_true", help="show Keras progress bars")
     demo.set_defaults(run=_demo)
     predict = commands.add_parser("predict", help="classify videos (top classes, mean over clips)")
@@ -244,19 +273,19 @@ def build_parser():
     predict.add_argument("--model", default="r2plus1d_18", choices=list_models())
     predict.add_argument("--weights", default="kinetics400",
                          help="preset name or alias, hf://owner/repo[@rev], preset folder or .weights.h5")
-    predict.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video")
-    predict.add_argument("--frames", type=int, default=None, help="clip length (default: the weights')")
-    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--clips", type=POSITIVE_INT, default=10, help="uniformly spaced clips per video")
+    predict.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length (default: the weights')")
+    predict.add_argument("--top", type=POSITIVE_INT, default=5)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench-data", help="clips/s of the data pipeline vs. the model's training")
     bench.add_argument("videos", nargs="?", default="../shared/data/videos", help="folder of videos")
     bench.add_argument("--model", default="r2plus1d_18", choices=list_models())
-    bench.add_argument("--frames", type=int, default=16)
-    bench.add_argument("--batch-size", type=int, default=4)
-    bench.add_argument("--batches", type=int, default=6, help="pipeline batches timed")
-    bench.add_argument("--steps", type=int, default=3, help="training steps timed")
+    bench.add_argument("--frames", type=POSITIVE_INT, default=16)
+    bench.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    bench.add_argument("--batches", type=POSITIVE_INT, default=6, help="pipeline batches timed")
+    bench.add_argument("--steps", type=POSITIVE_INT, default=3, help="training steps timed")
     bench.add_argument("--json", help="also write the results to this file")
     bench.set_defaults(run=_bench_data)
 
@@ -265,10 +294,10 @@ def build_parser():
     speed.add_argument("--models", nargs="+", default=None,
                        help="networks to time: the first at every batch size and in the training step, "
                             "the others at the first batch size (default: r2plus1d_18 r3d_18 mc3_18)")
-    speed.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 8")
-    speed.add_argument("--frames", type=int, default=None, help="clip length T (default 16)")
-    speed.add_argument("--size", type=int, default=None, help="crop size H = W (default 112)")
-    speed.add_argument("--rounds", type=int, default=None,
+    speed.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=None, help="default: 1 8")
+    speed.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length T (default 16)")
+    speed.add_argument("--size", type=POSITIVE_INT, default=None, help="crop size H = W (default 112)")
+    speed.add_argument("--rounds", type=POSITIVE_INT, default=None,
                        help="alternating keras/torch rounds; the best round is reported (default 3)")
     speed.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all)")
     speed.add_argument("--no-torch", action="store_true", help="time the Keras side only")
@@ -286,12 +315,12 @@ def build_parser():
     evaluate.add_argument("--weights", default="kinetics400",
                           help="preset name or alias, hf://owner/repo[@rev], preset folder, .weights.h5 "
                                "or 'none'")
-    evaluate.add_argument("--frames", type=int, default=16, help="clip length")
-    evaluate.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video")
-    evaluate.add_argument("--stride", type=int, default=1, help="temporal stride in a clip")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    evaluate.add_argument("--frames", type=POSITIVE_INT, default=16, help="clip length")
+    evaluate.add_argument("--clips", type=POSITIVE_INT, default=10, help="uniformly spaced clips per video")
+    evaluate.add_argument("--stride", type=POSITIVE_INT, default=1, help="temporal stride in a clip")
+    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="clips per forward pass")
     evaluate.add_argument("--splits-dir", help="folder of the official split lists")
-    evaluate.add_argument("--classes", type=int, help="replace the classifier (smoke tests only)")
+    evaluate.add_argument("--classes", type=POSITIVE_INT, help="replace the classifier (smoke tests only)")
     evaluate.add_argument("-o", "--output", help="write metrics.json and confusion PNGs here")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(run=_evaluate)
@@ -303,31 +332,32 @@ def build_parser():
     tune.add_argument("--splits-dir", help="folder of the official split lists")
     tune.add_argument("--model", default="r2plus1d_18", choices=list_models())
     tune.add_argument("--weights", default="kinetics400", help="pretrained weights, or 'none'")
-    tune.add_argument("--frames", type=int, default=16, help="training clip length")
-    tune.add_argument("--stride", type=int, default=1)
-    tune.add_argument("--batch-size", type=int, default=8, help="clips per step (per process)")
-    tune.add_argument("--epochs", type=int, default=8)
-    tune.add_argument("--long-frames", type=int, help="then fine-tune on clips this long ...")
-    tune.add_argument("--long-epochs", type=int, default=0, help="... for this many more epochs")
+    tune.add_argument("--frames", type=POSITIVE_INT, default=16, help="training clip length")
+    tune.add_argument("--stride", type=POSITIVE_INT, default=1)
+    tune.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="clips per step (per process)")
+    tune.add_argument("--epochs", type=POSITIVE_INT, default=8)
+    tune.add_argument("--long-frames", type=POSITIVE_INT, help="then fine-tune on clips this long ...")
+    tune.add_argument("--long-epochs", type=NON_NEGATIVE_INT, default=0, help="... for this many more epochs")
     tune.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    tune.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    tune.add_argument("--momentum", type=float, default=0.9)
-    tune.add_argument("--weight-decay", type=float, default=1e-4)
-    tune.add_argument("--warmup-epochs", type=float, default=1)
+    tune.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3, help="peak learning rate")
+    tune.add_argument("--momentum", type=_ranged(float, 0, maximum=1), default=0.9)
+    tune.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=1e-4)
+    tune.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1)
     tune.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     tune.add_argument("--mixed-precision", action="store_true", help="mixed bfloat16")
     tune.add_argument("-o", "--output", default="runs/finetune", help="run directory (resumed if present)")
-    tune.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    tune.add_argument("--checkpoint-every", type=POSITIVE_INT, default=100, help="steps between checkpoints")
     tune.add_argument("--no-validate", action="store_true", help="no per-epoch validation")
-    tune.add_argument("--eval-clips", type=int, default=10, help="clips per video of the final evaluation")
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--eval-clips", type=NON_NEGATIVE_INT, default=10,
+                      help="clips per video of the final evaluation (0: none)")
+    tune.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     tune.add_argument("--push-to-hub", help="owner/repo to upload the final preset to")
     tune.add_argument("--no-progress", action="store_true")
     tune.add_argument("--distributed", action="store_true",
                       help="multi-process (JAX backend) or multi-device training; see the README")
     tune.add_argument("--coordinator", help="host:port of process 0 (or $KERAS_R21D_COORDINATOR)")
-    tune.add_argument("--num-processes", type=int, help="(or $KERAS_R21D_NUM_PROCESSES)")
-    tune.add_argument("--process-id", type=int, help="(or $KERAS_R21D_PROCESS_ID)")
+    tune.add_argument("--num-processes", type=POSITIVE_INT, help="(or $KERAS_R21D_NUM_PROCESSES)")
+    tune.add_argument("--process-id", type=NON_NEGATIVE_INT, help="(or $KERAS_R21D_PROCESS_ID)")
     tune.set_defaults(run=_finetune)
 
     export = commands.add_parser(
@@ -337,13 +367,13 @@ def build_parser():
     export.add_argument("--weights", default="kinetics400",
                         help="preset name or alias, hf://owner/repo[@rev], preset folder, .weights.h5 or 'none'")
     export.add_argument("-o", "--output", help="folder (savedmodel) or file (default: MODEL[.tflite|.onnx])")
-    export.add_argument("--frames", type=int, help="clip length of the exported input (default: the weights')")
-    export.add_argument("--size", type=int, help="input height = width (default 112)")
-    export.add_argument("--batch-size", type=int, help="fixed batch size (default: any; TFLite: 1)")
+    export.add_argument("--frames", type=POSITIVE_INT, help="clip length of the exported input (default: the weights')")
+    export.add_argument("--size", type=POSITIVE_INT, help="input height = width (default 112)")
+    export.add_argument("--batch-size", type=POSITIVE_INT, help="fixed batch size (default: any; TFLite: 1)")
     export.add_argument("--int8", nargs="+", metavar="VIDEO",
                         help="TFLite: quantize to int8, calibrated on clips of these videos or folders "
                              "(faster, not exact)")
-    export.add_argument("--int8-clips", type=int, default=4, help="calibration clips per video (default 4)")
+    export.add_argument("--int8-clips", type=POSITIVE_INT, default=4, help="calibration clips per video (default 4)")
     export.add_argument("--check", action="store_true",
                         help="run the artifact in its own runtime and compare with Keras (to 1e-4)")
     export.set_defaults(run=_export)
@@ -356,7 +386,7 @@ def build_parser():
     convert.add_argument("--format", choices=("torchvision", "ig65m", "caffe2"),
                          help="checkpoint layout (default: detected)")
     convert.add_argument("--labels", help="class names: a file with one per line, or 'kinetics400'")
-    convert.add_argument("--frames", type=int, help="clip length the checkpoint was trained on")
+    convert.add_argument("--frames", type=POSITIVE_INT, help="clip length the checkpoint was trained on")
     convert.set_defaults(run=_convert)
     return parser
 

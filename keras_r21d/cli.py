@@ -104,7 +104,6 @@ def _video_files(paths):
 
 
 def _predict(args):
-    from keras_r21d.data.video import VideoReadError
     from keras_r21d.inference import clip_length, predict_video
     from keras_r21d.models import get_model
     from keras_r21d.optimize import inference_model
@@ -119,9 +118,9 @@ def _predict(args):
     for path in progress:
         try:
             results[str(path)] = predict_video(model, path, clips=args.clips, frames=frames, top=args.top)
-        except VideoReadError as error:
-            failed[str(path)] = str(error)
-            progress.write(f"skipped: {error}")
+        except Exception as error:  # noqa: BLE001 - one bad video must not lose the others' results
+            failed[str(path)] = f"{type(error).__name__}: {error}"
+            progress.write(f"skipped {path}: {failed[str(path)]}", file=sys.stderr)  # stdout stays JSON
             continue
         if not args.json:
             progress.write(f"{path}  ({args.clips} clips x {frames} frames, mean softmax)")
@@ -149,8 +148,8 @@ def _progress(items, disable):
                 super().__init__(items)
 
             @staticmethod
-            def write(text):
-                print(text)
+            def write(text, file=None):
+                print(text, file=file)
     return tqdm(items, disable=disable, unit="video")
 
 

@@ -74,3 +74,28 @@ def test_cli_predict_prints_top5_and_counts_unreadable_files(preset, tmp_path, c
     assert code == 1
     assert "good.avi" in captured.out and captured.out.count("%") == 5
     assert "broken.avi" in captured.out + captured.err and "1 of 2 videos could not be read" in captured.err
+
+
+def test_cli_predict_goes_on_past_a_bad_video_and_json_stays_valid(preset, tmp_path, capsys, monkeypatch):
+    from keras_r21d import inference
+
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"RIFF not a video")
+    for name in ("a.avi", "c.avi"):
+        shutil.copy(VIDEOS / "test_xvid_mp3.avi", tmp_path / name)
+    real = inference.predict_video
+
+    def failing_on_c(model, path, **kwargs):  # a decoder error mid-stream, as a resolution change gives
+        if str(path).endswith("c.avi"):
+            raise RuntimeError("decoder lost its frame size")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_video", failing_on_c)
+    code = cli.main(["predict", str(tmp_path), "--weights", str(preset), "--clips", "2", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert code == 1
+    assert list(out["predictions"]) == [str(tmp_path / "a.avi")]  # the result before the failures is kept
+    assert set(out["failed"]) == {str(broken), str(tmp_path / "c.avi")}
+    assert "RuntimeError: decoder lost its frame size" in out["failed"][str(tmp_path / "c.avi")]
+    assert f"skipped {tmp_path / 'c.avi'}" in captured.err and "2 of 3 videos could not be read" in captured.err

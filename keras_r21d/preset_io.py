@@ -7,6 +7,7 @@ the weights needs: class names, preprocessing, clip length, source and checksum.
 
 import json
 import logging
+import math
 import os
 import pathlib
 
@@ -66,13 +67,68 @@ def is_preset_dir(path):
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# config.json's keys: (check, what it must be). A preset is a file from a stranger: every
+# key is checked before it reaches get_model, and no other key is accepted.
+_CONFIG_SCHEMA = {
+    "architecture": (lambda v: isinstance(v, str) and bool(v), "a registered network name"),
+    "classes": (_positive_int, "an integer >= 1"),
+    "midplanes": (lambda v: v in ("per_conv", "per_block"), "'per_conv' or 'per_block'"),
+    "frames": (lambda v: v is None or _positive_int(v), "an integer >= 1 or null"),
+    "bn_epsilon": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "bn_momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "widths": (lambda v: isinstance(v, list) and len(v) == 4 and all(map(_positive_int, v)),
+               "a list of 4 integers >= 1"),
+    "stem_midplanes": (_positive_int, "an integer >= 1"),
+}
+assert set(_CONFIG_SCHEMA) == set(CONFIG_KEYS)
+
+
+def _read_json(path):
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {error}.") from None
+
+
 def read_config(directory):
-    return json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
+    """config.json of a preset, checked key by key (errors name the file)."""
+    from keras_r21d.models import list_models
+
+    path = pathlib.Path(directory) / CONFIG_FILE
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ValueError(  # noqa: TRY004 - the file's content is wrong, not the caller's argument
+            f"{os.fspath(path)!r} must hold a JSON object; it holds a {type(config).__name__}.")
+    unknown = sorted(set(config) - set(_CONFIG_SCHEMA))
+    missing = [key for key in ("architecture", "classes") if key not in config]
+    if unknown or missing:
+        raise ValueError(f"{os.fspath(path)!r}: " + "; ".join(
+            ([f"unknown keys {unknown} (allowed: {list(_CONFIG_SCHEMA)})"] if unknown else [])
+            + ([f"missing keys {missing}"] if missing else [])) + ".")
+    for key, value in config.items():
+        check, expected = _CONFIG_SCHEMA[key]
+        if not check(value) or (key == "architecture" and value not in list_models()):
+            raise ValueError(f"{os.fspath(path)!r}: {key} must be {expected}; it is {value!r}.")
+    return config
 
 
 def read_metadata(directory):
     path = pathlib.Path(directory) / METADATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    metadata = _read_json(path)
+    if not isinstance(metadata, dict):
+        raise ValueError(  # noqa: TRY004 - the file's content is wrong, not the caller's argument
+            f"{os.fspath(path)!r} must hold a JSON object; it holds a {type(metadata).__name__}.")
+    return metadata
 
 
 def load_preset(directory, model_name=None, include_top=True, classes=None, **kwargs):

@@ -10,10 +10,14 @@ import logging
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
+PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+MODEL_CARD = "README.md"
 
 # Builder settings that change the weights' shapes or values, stored in config.json.
 CONFIG_KEYS = ("architecture", "classes", "midplanes", "frames", "bn_epsilon", "bn_momentum",
@@ -43,16 +47,43 @@ def save_preset(model, directory, metadata=None):
         directory: where to write config.json, model.weights.h5, metadata.json.
         metadata: dict stored as metadata.json (e.g. `labels`, `preprocessing`,
             `frames`, `source`).
+
+    An existing preset at `directory` is replaced whole (its README.md kept); a directory
+    holding other files is refused.
     """
     directory = pathlib.Path(directory)
     config = model_config(model)
-    directory.mkdir(parents=True, exist_ok=True)
-    # Write to temporary names, then rename: an interrupted save leaves no half preset.
-    tmp_weights = directory / (WEIGHTS_FILE + ".partial.weights.h5")
-    model.save_weights(tmp_weights)
-    _write_json(directory / CONFIG_FILE, config)
-    _write_json(directory / METADATA_FILE, metadata or {})
-    os.replace(tmp_weights, directory / WEIGHTS_FILE)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{os.fspath(directory)!r} is a file, not a preset directory.")
+    leftover = sorted(p.name for p in directory.iterdir() if p.name not in (*PRESET_FILES, MODEL_CARD)) \
+        if directory.is_dir() else []
+    if leftover:
+        raise FileExistsError(
+            f"{os.fspath(directory)!r} holds other files than a preset's ({leftover[:5]}); "
+            "save the preset to a new or empty directory.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # The whole preset is written to a sibling folder, then swapped in: an interrupted save
+    # leaves the previous preset (or nothing), never new files beside old ones.
+    old = None
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache's presets from other users
+    try:
+        model.save_weights(staging / WEIGHTS_FILE)
+        _write_json(staging / CONFIG_FILE, config)
+        _write_json(staging / METADATA_FILE, metadata or {})
+        if (directory / MODEL_CARD).is_file():  # a card written by hand stays with the preset
+            shutil.copy2(directory / MODEL_CARD, staging / MODEL_CARD)
+        if directory.exists():
+            old = directory.parent / f"{staging.name[:-len('.partial')]}.old"
+            os.replace(directory, old)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and old.exists() and not directory.exists():
+            os.replace(old, directory)  # the swap failed half-way: the previous preset goes back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
@@ -131,6 +162,36 @@ def read_metadata(directory):
     return metadata
 
 
+def check_weights_file(path, model):
+    """Refuses a `.weights.h5` that declares more data than `model`'s weights, or data it
+    does not hold, before Keras reads it (Keras reads each dataset whole, and an HDF5 file
+    of a few kB can declare gigabytes that read as zeros)."""
+    import h5py
+    import numpy as np
+
+    expected = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights)
+    datasets = []
+    try:
+        with h5py.File(path, "r") as f:
+            # visititems walks each object once, whatever links point back to it.
+            f.visititems(lambda name, item: datasets.append(
+                (name, item.nbytes, item.id.get_storage_size(), bool(item.compression)))
+                if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise ValueError(f"{os.fspath(path)!r} is not a readable HDF5 weights file ({error}); "
+                         "write it again with keras_r21d.save_preset.") from error
+    declared = sum(nbytes for _, nbytes, _, _ in datasets)
+    if declared > expected + (1 << 20):
+        raise ValueError(
+            f"{os.fspath(path)!r} declares {declared / 2**20:.1f} MiB of weights; "
+            f"{model.name} has {expected / 2**20:.1f} MiB. The file is not this network's.")
+    empty = [name for name, nbytes, stored, compressed in datasets if stored < nbytes and not compressed]
+    if empty:
+        raise ValueError(f"{os.fspath(path)!r} declares weights it does not hold ({empty[0]}"
+                         f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''}): the "
+                         "file is damaged or was not written by Keras.")
+
+
 def load_preset(directory, model_name=None, include_top=True, classes=None, **kwargs):
     """Builds the network of a preset directory and loads its weights.
 
@@ -181,6 +242,7 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
         )
 
     source = get_model(arch, classes=preset_classes, frames=asked_frames, **config)
+    check_weights_file(directory / WEIGHTS_FILE, source)
     source.load_weights(directory / WEIGHTS_FILE)
 
     new_head = include_top and classes is not None and classes != preset_classes

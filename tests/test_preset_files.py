@@ -2,12 +2,13 @@
 before it reaches get_model, and each error names the file and what was wrong."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 import keras_r21d
-from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, load_preset, save_preset
+from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, load_preset, save_preset
 
 TINY = {"widths": (4, 4, 8, 8), "stem_midplanes": 3}
 
@@ -85,3 +86,88 @@ def test_metadata_that_is_not_a_json_object_is_refused_naming_the_file(preset, t
     (directory / METADATA_FILE).write_text('"labels"')
     with pytest.raises(ValueError, match="metadata.json' must hold a JSON object; it holds a str"):
         load_preset(directory)
+
+
+def outputs(model):
+    x = np.random.default_rng(1).normal(size=(1, 4, 32, 32, 3)).astype("float32")
+    return np.asarray(model(x))
+
+
+def test_an_interrupted_save_over_a_preset_leaves_the_old_one_whole(preset, tmp_path, monkeypatch):
+    directory, model = preset
+    target = with_config(directory, tmp_path, (directory / CONFIG_FILE).read_text())
+    (target / "README.md").write_text("my card")
+    other = keras_r21d.get_model("r2plus1d_18", classes=5, input_shape=(4, 32, 32, 3), **TINY)
+
+    def dies_half_way(path, *args, **kwargs):
+        pathlib.Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(other, "save_weights", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_preset(other, target, {"labels": list("vwxyz")})
+    loaded = load_preset(target)  # the old preset: its classes, its weights, its labels
+    np.testing.assert_array_equal(outputs(loaded), outputs(model))
+    assert loaded.preset_metadata["labels"] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]  # no staging folder left behind
+    monkeypatch.undo()
+    save_preset(other, target, {"labels": list("vwxyz")})  # the same save, not interrupted
+    replaced = load_preset(target)
+    np.testing.assert_array_equal(outputs(replaced), outputs(other))
+    assert replaced.preset_metadata["labels"] == list("vwxyz") and (target / "README.md").read_text() == "my card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
+
+
+def test_saving_into_a_folder_of_other_files_is_refused(preset, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files than a preset's"):
+        save_preset(preset[1], tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def with_weights(preset_dir, tmp_path, shape, write):
+    """A copy of the preset whose first weights dataset is replaced by one of `shape`,
+    float32, with its data written or only declared (HDF5 allocates it lazily)."""
+    import h5py
+
+    target = with_config(preset_dir, tmp_path, (preset_dir / CONFIG_FILE).read_text())
+    with h5py.File(target / WEIGHTS_FILE, "a") as f:
+        names = []
+        f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        del f[names[0]]
+        dataset = f.create_dataset(names[0], shape=shape, dtype="float32")
+        if write:
+            dataset[...] = 1.0
+    return target, names[0]
+
+
+def test_a_weights_file_declaring_a_gigabyte_is_refused_before_reading(preset, tmp_path):
+    import tracemalloc
+
+    directory, model = preset
+    target, _ = with_weights(directory, tmp_path, (1 << 28,), write=False)  # 1 GiB declared
+    assert (target / WEIGHTS_FILE).stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"model\.weights\.h5' declares 1024\.\d MiB of weights; r2plus1d_18 has "
+                           rf"{model.count_params() * 4 / 2**20:.1f} MiB"):
+            load_preset(target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+
+
+def test_weights_declared_but_never_written_are_refused(preset, tmp_path):
+    import h5py
+
+    directory, _ = preset
+    with h5py.File(directory / WEIGHTS_FILE, "r") as f:
+        names = []
+        f.visititems(lambda name, item: names.append((name, item.shape)) if isinstance(item, h5py.Dataset) else None)
+    target, name = with_weights(directory, tmp_path, names[0][1], write=False)
+    with pytest.raises(ValueError, match=rf"declares weights it does not hold \({name}\)"):
+        load_preset(target)
+    (target / WEIGHTS_FILE).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ValueError, match=r"model\.weights\.h5' is not a readable HDF5 weights file"):
+        load_preset(target)

@@ -14,25 +14,23 @@ def clip_length(model, frames=None):
     return frames or fixed or trained or DEFAULT_FRAMES
 
 
-def sample_clips(video, frames, clips):
-    """`clips` uniformly spaced clips of `frames` frames from a `(N, H, W, 3)` video;
-    a video shorter than a clip is looped."""
-    from keras_r21d.data.video import uniform_clip_starts
-
-    starts = uniform_clip_starts(len(video), frames, clips)
-    return np.stack([video[(start + np.arange(frames)) % len(video)] for start in starts])
-
-
 def video_clips(model, path, clips=10, frames=None):
     """`clips` uniformly spaced clips of a video file, preprocessed as `model`'s weights
-    expect (the preprocessing stored with a preset, else Kinetics'): `(clips, T, H, W, 3)`."""
-    from keras_r21d.data.video import read_video
+    expect (the preprocessing stored with a preset, else Kinetics'): `(clips, T, H, W, 3)`.
+
+    Only the frames of the clips are decoded into RGB; a video shorter than a clip is
+    looped (frame `i` of a clip from `start` is frame `(start + i) % N`).
+    """
+    from keras_r21d.data.video import count_frames, read_frames, uniform_clip_starts
     from keras_r21d.preprocessing import preprocess_input
 
     options = {k: v for k, v in getattr(model, "preset_metadata", {}).get("preprocessing", {}).items()
                if k in ("resize", "crop", "mean", "std")}
-    batch = sample_clips(read_video(path), clip_length(model, frames), clips)
-    return preprocess_input(batch, **options)
+    frames = clip_length(model, frames)
+    total = count_frames(path)
+    numbers = [(start + i) % total for start in uniform_clip_starts(total, frames, clips) for i in range(frames)]
+    batch = read_frames(path, numbers)
+    return preprocess_input(batch.reshape(clips, frames, *batch.shape[1:]), **options)
 
 
 def predict_video(model, path, clips=10, frames=None, top=5, labels=None):

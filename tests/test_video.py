@@ -380,3 +380,66 @@ def test_uniform_clip_starts():
     assert video.uniform_clip_starts(100, 16, 3) == [0, 42, 84]
     assert video.uniform_clip_starts(100, 16, 1) == [42]
     assert video.uniform_clip_starts(10, 16, 3) == [0, 0, 0]
+
+
+@pytest.mark.skipif(not HAS_X264, reason="FFmpeg without libx264")
+def test_damaged_files_end_at_the_same_frame_on_every_read(tmp_path):
+    """64 inverted bytes mid-file: every read ends at the frame a single-threaded
+    sequential decode flags corrupt. With FFmpeg's frame threads, 1 or 2 of 20 decodes
+    flagged nothing and returned all 200 frames (measured before the fix)."""
+    source = write_video(tmp_path / "source.mp4", 200, "libx264", size=(96, 128), options={"bf": "2", "g": "25"})
+    data = source.read_bytes()
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        damaged, position = bytearray(data), int(rng.integers(len(data) // 4, 3 * len(data) // 4))
+        damaged[position:position + 64] = bytes(b ^ 0xFF for b in damaged[position:position + 64])
+        path = tmp_path / f"damaged{k}.mp4"
+        path.write_bytes(bytes(damaged))
+        with av.open(str(path)) as container:
+            container.streams.video[0].thread_type = "NONE"
+            expected = 0
+            for frame in container.decode(video=0):
+                if frame.is_corrupt:
+                    break
+                expected += 1
+        assert 0 < expected < 200
+        counts = set()
+        for _ in range(12):
+            video._cache.clear()  # a fresh decode each time, as in a new process
+            counts.add(count_frames(path))
+        assert counts == {expected}, path.name
+
+
+def test_read_video_refuses_a_video_too_large_before_decoding_it(tmp_path):
+    """A file of a few kB can hold gigabytes of frames: the bound is checked from the
+    frame count and the first frame's size, before the frames are kept."""
+    import tracemalloc
+
+    path = write_video(tmp_path / "hd.avi", 40, "mpeg4", size=(720, 1280))
+    assert path.stat().st_size < 5 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"40 frames of 1280x720, 105 MiB.*max_bytes=64 MiB.*read_clip"):
+            read_video(path, max_bytes=64 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    frames, _ = reference(path)
+    np.testing.assert_array_equal(read_video(path, max_bytes=128 << 20), frames)
+
+
+@pytest.mark.skipif(not HAS_X264, reason="FFmpeg without libx264")
+def test_a_resolution_change_mid_stream_raises_naming_the_file(tmp_path):
+    """Two raw H.264 streams of different sizes, one after the other: a decoder follows
+    the change; a clip across it cannot be one array."""
+    first = write_video(tmp_path / "a.h264", 20, "libx264", size=(48, 64), fmt="h264", options=x264(10))
+    second = write_video(tmp_path / "b.h264", 20, "libx264", size=(32, 48), fmt="h264", options=x264(10))
+    path = tmp_path / "joined.h264"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    frames = [f.to_ndarray(format="rgb24").shape for f in av.open(str(path)).decode(video=0)]
+    assert frames[0] != frames[-1] and len(frames) == 40
+    np.testing.assert_array_equal(read_clip(path, 0, 16), reference(first)[0][:16])
+    for read in (lambda p: read_clip(p, 10, 16), read_video):
+        with pytest.raises(VideoReadError, match=r"joined\.h264.*change size mid-stream|joined\.h264.*resolution changes"):
+            read(path)

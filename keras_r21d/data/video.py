@@ -43,10 +43,14 @@ import numpy as np
 
 # Frame indices kept in memory (a few kB each): all of UCF101 (13320 videos) fits.
 CACHE_SIZE = 16384
-# FFmpeg's decoder threading. "AUTO" (frame threads where the codec has them) decodes a
-# whole file ~20% faster on one worker; with several parallel readers on few cores,
-# "SLICE" or "NONE" is ~20% faster for 16-frame clips (no per-open thread start-up).
-DECODER_THREADS = "AUTO"
+# FFmpeg's decoder threading: none. With frame threads ("AUTO"), where a damaged file
+# ends was a matter of chance: of 20 decodes of one H.264 file with 64 corrupted bytes,
+# 1-2 flagged no frame as corrupt and gave all 200 frames, the others 99 (measured
+# with PyAV 14 here). One thread decodes UCF101/HMDB51-sized files as fast, and with
+# several parallel readers it also saves the per-open thread start-up.
+DECODER_THREADS = "NONE"
+# read_video's default bound on the decoded video, in bytes (a 720p frame is 2.6 MiB).
+MAX_VIDEO_BYTES = 4 << 30
 
 
 class VideoReadError(OSError):
@@ -232,6 +236,16 @@ def _read(path, numbers):
     return frames
 
 
+def _stack(path, frames):
+    """`frames` as one array; VideoReadError naming `path` when their sizes differ."""
+    sizes = sorted({frame.shape for frame in frames})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for h, w, _ in sizes)
+        raise VideoReadError(f"Cannot read video {path!r}: its frames change size mid-stream "
+                             f"({shown}); re-encode it at one resolution.")
+    return np.stack(frames)
+
+
 def count_frames(path):
     """The number of decodable frames of a video (headers are not trusted).
 
@@ -241,15 +255,39 @@ def count_frames(path):
     return _index(os.fspath(path)).num_frames
 
 
-def read_video(path):
-    """All frames of a video, `(N, H, W, 3)` uint8, decoded from the start."""
+def read_video(path, max_bytes=MAX_VIDEO_BYTES):
+    """All frames of a video, `(N, H, W, 3)` uint8, decoded from the start.
+
+    A whole video can be far larger than its file (600 frames of 720p are 1.6 GiB, in a
+    file of a few kB), so the size is checked before any frame is kept: a video above
+    `max_bytes` raises ValueError. To classify or featurize a video, read only the
+    frames the clips need (`read_clip`, `read_frames`).
+    """
     path = os.fspath(path)
+    num_frames = count_frames(path)
     container, stream = _open(path)
-    with container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in _decode(container, stream)]
-    if not frames:
-        raise VideoReadError(f"Cannot read video {path!r}: no frame decodes.")
-    return np.stack(frames)
+    with container, contextlib.closing(_decode(container, stream)) as decoded:
+        video = None
+        for number, frame in enumerate(itertools.islice(decoded, num_frames)):
+            if video is None:
+                size = num_frames * frame.height * frame.width * 3
+                if size > max_bytes:
+                    raise ValueError(
+                        f"Video {path!r} decodes to {num_frames} frames of {frame.width}x"
+                        f"{frame.height}, {size / 2**20:.0f} MiB, above max_bytes="
+                        f"{max_bytes / 2**20:.0f} MiB. Read the frames you need with "
+                        "read_clip or read_frames, or pass a larger max_bytes.")
+                video = np.empty((num_frames, frame.height, frame.width, 3), np.uint8)
+            image = frame.to_ndarray(format="rgb24")
+            if image.shape != video.shape[1:]:
+                raise VideoReadError(
+                    f"Cannot read video {path!r}: frame {number} is {image.shape[1]}x"
+                    f"{image.shape[0]}, the first was {video.shape[2]}x{video.shape[1]} "
+                    "(the resolution changes mid-stream).")
+            video[number] = image
+    if video is None or number + 1 < num_frames:
+        raise VideoReadError(f"Cannot read video {path!r}: it no longer decodes as indexed.")
+    return video
 
 
 def read_frames(path, indices):
@@ -265,7 +303,7 @@ def read_frames(path, indices):
         raise ValueError(f"Frames {bad} are out of range: {path!r} has {num_frames} frames (0 to "
                          f"{num_frames - 1}).")
     frames = _read(path, indices)
-    return np.stack([frames[i] for i in indices])
+    return _stack(path, [frames[i] for i in indices])
 
 
 def read_clip(path, start=0, num_frames=16, stride=1):
@@ -293,7 +331,7 @@ def read_clip(path, start=0, num_frames=16, stride=1):
                          f"which has {total} frames.")
     available = list(range(start, min(start + (num_frames - 1) * stride + 1, total), stride))
     frames = _read(path, available)
-    return np.stack([frames[available[i % len(available)]] for i in range(num_frames)])
+    return _stack(path, [frames[available[i % len(available)]] for i in range(num_frames)])
 
 
 def uniform_clip_starts(total_frames, num_frames, clips):

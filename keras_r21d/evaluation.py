@@ -168,12 +168,14 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
 
     Returns:
         The dict of `video_metrics` plus `protocol` (frames, clips_per_video,
-        crops, crop, stride), `protocol_text` (one line) and `class_names` when
-        given.
+        crops, crop, stride), `protocol_text` (one line), `skipped` (`{path: reason}`
+        of the videos that could not be decoded: they are left out of the metrics,
+        and logged) and `class_names` when given.
     """
     from tqdm import tqdm
 
-    from keras_r21d.data.pipeline import clip_dataset
+    from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
+    from keras_r21d.data.video import VideoReadError
     from keras_r21d.optimize import inference_model
 
     videos = list(videos)
@@ -184,7 +186,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
                            clips_per_video=clips_per_video, with_video_index=True, resize=resize,
-                           crop=crop)
+                           crop=crop, skipped=(skipped := SkippedVideos()))
     model = inference_model(model)
     probs, labels, ids = [], [], []
     with tqdm(total=len(videos) * clips_per_video, unit="clip", disable=not progress,
@@ -194,6 +196,8 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
             labels.append(clip_labels)
             ids.append(clip_ids)
             bar.update(len(clips))
+    if not probs:
+        raise VideoReadError(f"None of the {len(videos)} videos could be decoded. {skipped.summary()}")
     probs = np.concatenate(probs)
     if class_names is not None and len(class_names) != probs.shape[1]:
         raise ValueError(
@@ -201,6 +205,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         )
     result = video_metrics(probs, np.concatenate(labels), np.concatenate(ids))
     result["protocol"], result["protocol_text"] = protocol(frames, clips_per_video, stride, resize, crop)
+    result["skipped"] = dict(sorted(skipped.reasons.items()))
     if class_names is not None:
         result["class_names"] = list(class_names)
     return result
@@ -389,6 +394,11 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     }
     if verbose:
         print(format_table(per_split, mean if len(per_split) > 1 else None, text), flush=True)
+        skipped = {path: reason for r in per_split.values() for path, reason in r["skipped"].items()}
+        if skipped:
+            print(f"{len(skipped)} videos could not be decoded and are not counted:", flush=True)
+            for path, reason in list(skipped.items())[:20]:
+                print(f"  {path}: {reason}", flush=True)
     if output_dir is not None:
         result["paths"] = write_outputs(result, output_dir)
         if verbose:

@@ -11,6 +11,7 @@ from media import decode_all, write_video
 
 from keras_r21d import evaluation
 from keras_r21d.evaluation import plot_confusion, to_probabilities, video_metrics
+from keras_r21d.data.video import VideoReadError
 
 nan = np.nan
 
@@ -183,6 +184,25 @@ def test_evaluate_model_equals_independent_computation(tiny_videos, tiny_model):
     assert result["protocol"]["clips_per_video"] == 3 and result["protocol"]["frames"] == 4
     assert "3 uniformly spaced 4-frame clips" in result["protocol_text"]
     assert result["class_names"] == ["a", "b", "c"]
+
+
+def test_evaluate_model_goes_on_past_videos_that_do_not_decode(tiny_videos, tiny_model, tmp_path):
+    """A broken file and a missing one among the videos: both are reported with their
+    reason, the metrics are those of the readable videos alone (the independent
+    reference above), and nothing is lost."""
+    broken, missing = tmp_path / "broken.avi", tmp_path / "missing.avi"
+    broken.write_bytes(b"RIFF" + bytes(5000))
+    videos = [tiny_videos[0], (broken, 1), tiny_videos[1], (missing, 2), *tiny_videos[2:]]
+    result = evaluation.evaluate_model(tiny_model, videos, frames=4, clips_per_video=3, batch_size=4,
+                                       progress=False)
+    ref = reference_probs(tiny_model, tiny_videos, frames=4, clips=3)
+    labels = np.array([label for _, label in tiny_videos])
+    assert (result["videos"], result["clips"]) == (4, 12)
+    assert result["video@1"] == pytest.approx((ref.mean(1).argmax(1) == labels).mean())
+    assert sorted(result["skipped"]) == sorted([str(broken), str(missing)])
+    assert "no such file" in result["skipped"][str(missing)].lower()
+    with pytest.raises(VideoReadError, match=r"(?s)None of the 2 videos could be decoded.*broken\.avi"):
+        evaluation.evaluate_model(tiny_model, [(broken, 1), (missing, 2)], frames=4, progress=False)
 
 
 def test_evaluate_model_checks_its_arguments(tiny_videos, tiny_model):

@@ -3,12 +3,15 @@
 The Kinetics-400 names come from the I3D release's `data/label_map.txt`
 (deepmind/kinetics-i3d, Apache-2.0), the standard sorted index order that
 torchvision and mmaction2 also use. Like `keras.applications` does for ImageNet,
-the file is downloaded on first use with `keras.utils.get_file`, checked against
-its sha256 and cached in the labels/ folder of the keras_r21d cache
-(`$KERAS_R21D_CACHE`, default `~/.keras/keras_r21d`).
+the file is downloaded on first use (with `keras_r21d.presets.download`: bounded,
+written under a temporary name and renamed once its sha256 matches, under a lock
+file, so that concurrent processes never read a half-written map) and cached in the
+labels/ folder of the keras_r21d cache (`$KERAS_R21D_CACHE`, default
+`~/.keras/keras_r21d`).
 """
 
 import os
+import pathlib
 
 import keras
 import numpy as np
@@ -82,30 +85,25 @@ def kinetics400_labels(cache_dir=None, url=None):
     >>> names[0], len(names)  # doctest: +SKIP
     ('abseiling', 400)
     """
+    from keras_r21d.convert import sha256_of
+    from keras_r21d.presets import _locked, download
+
     url = url or KINETICS400_URL
-    root = cache_root(cache_dir)
+    path = pathlib.Path(cache_root(cache_dir)) / CACHE_SUBDIR / KINETICS400_FILENAME
+
+    def cached():
+        return path.is_file() and sha256_of(path) == KINETICS400_SHA256
+
     try:
-        # get_file silently falls back to /tmp/.keras when the root does not exist.
-        os.makedirs(root, exist_ok=True)
-    except OSError:
-        pass
-    # Where get_file writes: it also falls back to /tmp/.keras for a read-only root.
-    if not os.access(root, os.W_OK):
-        root = os.path.join("/tmp", ".keras")
-    target = os.path.join(root, CACHE_SUBDIR, KINETICS400_FILENAME)
-    try:
-        path = keras.utils.get_file(
-            KINETICS400_FILENAME, url, file_hash=KINETICS400_SHA256,
-            hash_algorithm="sha256", cache_subdir=CACHE_SUBDIR, cache_dir=root,
-        )
-    except Exception as error:
-        # get_file keeps a download whose hash does not match; a corrupt file must not stay.
-        if os.path.exists(target):
-            os.remove(target)
+        if not cached():  # a good cached file is read without a lock: it was renamed in whole
+            with _locked(path):
+                if not cached():  # not downloaded by another process meanwhile
+                    download(url, path, sha256=KINETICS400_SHA256)
+    except OSError as error:  # DownloadError, or an unwritable cache
         raise RuntimeError(
             f"Could not get the Kinetics-400 label map from {url}: {error}\n"
             f"Download {KINETICS400_URL} by hand (sha256 {KINETICS400_SHA256}) and save "
-            f"it as {target}, or point $KERAS_R21D_CACHE at a folder holding "
+            f"it as {path}, or point $KERAS_R21D_CACHE at a folder holding "
             f"{CACHE_SUBDIR}/{KINETICS400_FILENAME}."
         ) from error
     names = read_labels(path)

@@ -18,19 +18,29 @@ A preset is fetched once into `cache_dir()/presets/<name>/`: from its Hub repo w
 the manifest names one (pinned revision, sha256 of every file checked), otherwise
 downloaded from its origin (hash checked as far as one is known), converted with
 `keras_r21d.convert.convert_checkpoint` and cached. Nothing half-written or
-unverified is ever left in the cache.
+unverified is ever left in the cache, also when several processes fetch one preset at
+once (a lock file per preset and per download; every file and directory is written
+under a name of its own and renamed into place once verified).
+
+Downloads are bounded (see `download`): `$KERAS_R21D_DOWNLOAD_TIMEOUT` seconds for a
+whole transfer (default 3600), `$KERAS_R21D_STALL_TIMEOUT` seconds without data
+(default 60), `$KERAS_R21D_MAX_DOWNLOAD_BYTES` bytes (default 2 GiB, or the manifest's
+`origin.size` when it gives one).
 """
 
+import contextlib
 import copy
-import hashlib
 import http.client
 import importlib.resources
 import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -39,6 +49,10 @@ from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_pr
 CACHE_ENV = "KERAS_R21D_CACHE"
 HUB_PREFIX = "hf://"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+# Download limits (see `download`): seconds for a whole transfer, seconds without data, bytes.
+TIMEOUT_ENV = "KERAS_R21D_DOWNLOAD_TIMEOUT"
+STALL_ENV = "KERAS_R21D_STALL_TIMEOUT"
+MAX_BYTES_ENV = "KERAS_R21D_MAX_DOWNLOAD_BYTES"
 
 log = logging.getLogger("keras_r21d")
 
@@ -158,68 +172,114 @@ def fetch_preset(name, keep_download=False):
     From the entry's Hub repo when it has one, else downloaded from its origin,
     hash-checked and converted. `keep_download` keeps the origin checkpoint in
     `cache_dir()/downloads/` (deleted after conversion otherwise).
+
+    Safe to call from several processes at once: one fetches while the others wait
+    on a lock file (`.<name>.lock` beside the preset), then reuse its preset.
     """
     entry = get_preset(name)
     target = cache_dir() / "presets" / name
-    if _is_complete(target):
+    if _is_complete(target):  # no lock needed to read: presets are renamed in whole
         return target
-    if entry.get("hub"):
-        files = {f: _hub_file(entry["hub"]["repo"], f, entry["hub"]["revision"],
-                              sha256=entry["hub"]["sha256"][f]) for f in PRESET_FILES}
-        _install(target, lambda tmp: [shutil.copyfile(src, tmp / f) for f, src in files.items()])
-        return target
+    with _locked(target):
+        if _is_complete(target):  # installed by another process while this one waited
+            return target
+        if entry.get("hub"):
+            files = {f: _hub_file(entry["hub"]["repo"], f, entry["hub"]["revision"],
+                                  sha256=entry["hub"]["sha256"][f]) for f in PRESET_FILES}
+            _install(target, lambda tmp: [shutil.copyfile(src, tmp / f) for f, src in files.items()])
+        else:
+            _fetch_origin(entry, target, keep_download)
+    return target
+
+
+def _fetch_origin(entry, target, keep_download):
+    """Downloads, checks and converts the origin checkpoint of `entry` into `target`."""
     origin = entry["origin"]
     source = cache_dir() / "downloads" / origin["filename"]
     manual = _manual_steps(entry, source)
-    if source.is_file():  # an earlier download or a file put there by hand: checked again
-        _check_file(source, origin.get("sha256"), origin.get("sha256_prefix"), what=source, manual=manual)
-    else:
-        if _offline():
+    checksum = origin.get("sha256") or origin.get("sha256_prefix")
+    with _locked(source):
+        if source.is_file():  # an earlier download or a file put there by hand: checked again
+            _check_file(source, origin.get("sha256"), origin.get("sha256_prefix"), what=source, manual=manual)
+        elif _offline():
             raise DownloadError(
-                f"Preset {name!r} is not in the cache ({target}) and HF_HUB_OFFLINE is set, so its "
-                f"checkpoint is not downloaded. {manual}"
+                f"Preset {entry['name']!r} is not in the cache ({target}) and HF_HUB_OFFLINE is set, so "
+                f"its checkpoint is not downloaded. {manual}"
             )
-        download(origin["url"], source, sha256=origin.get("sha256"),
-                 sha256_prefix=origin.get("sha256_prefix"), manual=manual)
-    metadata = _metadata(entry)
+        else:
+            download(origin["url"], source, sha256=origin.get("sha256"),
+                     sha256_prefix=origin.get("sha256_prefix"), size=origin.get("size"), manual=manual)
+        metadata = _metadata(entry)
+        try:
+            _install(target, lambda tmp: _convert(entry, source, tmp, metadata))
+        except Exception as error:
+            if checksum:  # the published file itself: the failure is not the download's
+                raise
+            # Without a checksum the strict conversion is the check: a file that fails it is
+            # taken as a bad download and removed, so that a retry fetches it again.
+            from keras_r21d.convert import sha256_of
 
-    def convert(tmp):
-        from keras_r21d.convert import convert_checkpoint
-        from keras_r21d.preset_io import read_config
+            received = f"{source.stat().st_size} bytes, sha256 {sha256_of(source)}" if source.is_file() else "?"
+            source.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{source} ({received}) from {origin['url']} is not a valid {origin['format']} checkpoint "
+                f"of {entry['architecture']}: {error}. No checksum is published for it, so it was taken as "
+                f"a corrupt or truncated download and removed. Retry. {manual}"
+            ) from error
+        if not keep_download:
+            source.unlink(missing_ok=True)
 
-        convert_checkpoint(source, tmp, arch=entry["architecture"], layout=origin["format"],
-                           metadata=metadata)
-        classes = read_config(tmp)["classes"]
-        if classes != entry["classes"]:
-            log.warning("Preset %s: the checkpoint has %d classes, the manifest says %d.",
-                        name, classes, entry["classes"])
 
-    _install(target, convert)
-    if not keep_download:
-        source.unlink(missing_ok=True)
-    return target
+def _convert(entry, source, directory, metadata):
+    from keras_r21d.convert import convert_checkpoint
+    from keras_r21d.preset_io import read_config
+
+    convert_checkpoint(source, directory, arch=entry["architecture"], layout=entry["origin"]["format"],
+                       metadata=metadata)
+    classes = read_config(directory)["classes"]
+    if classes != entry["classes"]:
+        log.warning("Preset %s: the checkpoint has %d classes, the manifest says %d.",
+                    entry["name"], classes, entry["classes"])
 
 
 def _is_complete(directory):
     return is_preset_dir(directory) and (directory / METADATA_FILE).is_file()
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """Holds an inter-process lock on `path`: the hidden file `.<name>.lock` beside it."""
+    import filelock
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(path.parent / f".{path.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("Waiting for another process that is fetching %s.", path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _install(target, write):
-    """Runs `write(tmp)` on a temporary sibling of `target`, then renames it into place."""
+    """Runs `write(tmp)` on a new temporary sibling of `target`, then renames it into place.
+
+    The caller holds `target`'s lock, so a `target` that exists is an incomplete leftover.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         write(tmp)
-        if target.exists():  # an incomplete leftover
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache's presets from other users
+        if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_complete(target):  # another process finished first
-            return
-        raise
 
 
 def _metadata(entry):
@@ -229,7 +289,7 @@ def _metadata(entry):
 
         try:
             labels = kinetics400_labels()
-        except Exception as error:  # the weights are still good; names can be fetched later
+        except (RuntimeError, ValueError, OSError) as error:  # the weights are still good; names can be fetched later
             log.warning("Preset %s is cached without class names (%s); decode_predictions fetches "
                         "the Kinetics-400 names on first use.", entry["name"], error)
     return {
@@ -259,11 +319,14 @@ def _offline():
 
 # ---------------------------------------------------------------- downloads and hashes
 
-def download(url, dest, sha256=None, sha256_prefix=None, manual=""):
+def download(url, dest, sha256=None, sha256_prefix=None, manual="", size=None, max_bytes=None,
+             timeout=None, stall_timeout=None):
     """Downloads `url` to `dest` with a progress bar, checking its size and hash.
 
-    The file is written to `<dest>.partial` and renamed only once complete and
-    verified: a truncated or corrupt download never stays in the cache.
+    The file is written to a temporary file of its own beside `dest`, hashed as read
+    back from disk and renamed to `dest` only once complete and verified: a truncated,
+    oversized or corrupt download never stays, and concurrent downloads of one file
+    cannot mix their bytes.
 
     Args:
         url: what to download.
@@ -272,39 +335,118 @@ def download(url, dest, sha256=None, sha256_prefix=None, manual=""):
         sha256_prefix: the leading hex digits of the sha256 (torch.hub's file-name
             convention), checked when the full digest is not known.
         manual: how to get the file by hand, appended to error messages.
+        size: the file's size in bytes, when known: any other size is refused.
+        max_bytes: refuse larger files. Default: `size` when known, else
+            `$KERAS_R21D_MAX_DOWNLOAD_BYTES`, else 2 GiB.
+        timeout: seconds for the whole transfer. Default: `$KERAS_R21D_DOWNLOAD_TIMEOUT`,
+            else 3600. Checked as data arrives, so it may be overrun by up to the
+            stall timeout.
+        stall_timeout: seconds to wait for a connection or for the next bytes.
+            Default: `$KERAS_R21D_STALL_TIMEOUT`, else 60.
     """
     dest = pathlib.Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    digest, received, expected = hashlib.sha256(), 0, None
+    timeout = timeout or _setting(TIMEOUT_ENV, 3600.0)
+    stall_timeout = stall_timeout or _setting(STALL_ENV, 60.0)
+    max_bytes = max_bytes or size or int(_setting(MAX_BYTES_ENV, 2 << 30))
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    tmp = pathlib.Path(tmp)
     try:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
-                expected = response.headers.get("Content-Length")
-                expected = int(expected) if expected else None
-                with _progress(expected, dest.name) as bar:
-                    while chunk := response.read(1 << 20):
-                        f.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-        except http.client.IncompleteRead as error:  # the size check below reports it
-            received += len(error.partial)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-            reason = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", error)
+        with os.fdopen(fd, "wb") as f:
+            received = _transfer(url, f, dest, manual, max_bytes, timeout, stall_timeout)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a crash could keep zeros
+        if size is not None and received != size:
             raise DownloadError(
-                f"Could not download {url} ({reason}); nothing was written to {dest}. {manual}"
-            ) from error
-        if expected is not None and received != expected:
-            raise DownloadError(
-                f"Truncated download of {url}: received {received} of {expected} bytes (the connection "
-                f"closed early); nothing was written to {dest}. Retry, or: {manual}"
+                f"Wrong size for {url}: received {received} bytes, expected {size} (the manifest's size); "
+                f"nothing was written to {dest}. Retry. {manual}".rstrip()
             )
-        _check_digest(digest.hexdigest(), sha256, sha256_prefix, what=url, manual=manual)
-        os.replace(partial, dest)
+        from keras_r21d.convert import sha256_of
+
+        # The bytes kept are checked, not the stream: what is renamed is what was verified.
+        _check_digest(sha256_of(tmp), sha256, sha256_prefix, what=url, manual=manual)
+        tmp.chmod(0o644)  # mkstemp's 0600 would hide a shared cache's files from other users
+        os.replace(tmp, dest)
     finally:
-        partial.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return dest
+
+
+def _transfer(url, f, dest, manual, max_bytes, timeout, stall_timeout):
+    """Streams `url` into the open file `f`; returns the number of bytes received."""
+    start, received, expected = time.monotonic(), 0, None
+    wait = min(stall_timeout, timeout)  # for a connection, and for each read
+
+    def fail(why, error=None):
+        raise DownloadError(
+            f"Could not download {url} ({why}); nothing was written to {dest}. {manual}".rstrip()
+        ) from error
+
+    try:
+        with urllib.request.urlopen(url, timeout=wait) as response:
+            expected = _content_length(response, url, dest, manual)
+            if expected is not None and expected > max_bytes:
+                fail(_too_big(f"the server announces {expected} bytes", max_bytes))
+            with _progress(expected, dest.name) as bar:
+                # read1: one socket read at a time, so that a trickle cannot outlast the deadline.
+                while chunk := response.read1(1 << 20):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        fail(_too_big(f"more than {max_bytes} bytes were received", max_bytes))
+                    f.write(chunk)
+                    bar.update(len(chunk))
+                    if (elapsed := time.monotonic() - start) > timeout:
+                        fail(f"timed out: {received} of {expected or 'an unknown number of'} bytes in "
+                             f"{elapsed:.1f} s, over the {timeout:g} s limit; on a slow connection raise "
+                             f"${TIMEOUT_ENV}")
+    except DownloadError:
+        raise
+    except http.client.IncompleteRead:  # the connection closed inside a chunk
+        expected = expected or f"more than {received}"
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            reason = (f"no data for {wait:g} s after {received} bytes; on a slow connection raise "
+                      f"${STALL_ENV if wait == stall_timeout else TIMEOUT_ENV}")
+        fail(reason, error)
+    if expected is not None and received != expected:
+        raise DownloadError(
+            f"Truncated download of {url}: received {received} of {expected} bytes (the connection "
+            f"closed early); nothing was written to {dest}. Retry. {manual}".rstrip()
+        )
+    return received
+
+
+def _content_length(response, url, dest, manual):
+    values = response.headers.get_all("Content-Length") or []
+    if not values:
+        return None
+    if len(set(values)) == 1 and values[0].strip().isascii() and values[0].strip().isdigit():
+        return int(values[0])
+    raise DownloadError(
+        f"Could not download {url}: the server sent an invalid Content-Length header "
+        f"({', '.join(map(repr, values))}), expected one byte count; nothing was written to {dest}. "
+        f"Retry later. {manual}".rstrip()
+    )
+
+
+def _too_big(received, max_bytes):
+    return (f"too large: {received}, more than the {max_bytes}-byte limit; a checkpoint here is far "
+            f"smaller, so check the URL, or raise ${MAX_BYTES_ENV} if the file is right")
+
+
+def _setting(env, default):
+    """A positive number from the environment variable `env`, else `default`."""
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"${env} must be a positive number; received {value!r}.")
+    return number
 
 
 def _check_file(path, sha256, sha256_prefix, what, manual="", remove=True):
@@ -375,6 +517,7 @@ def _hub_file(repo_id, filename, revision=None, sha256=None):
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     where = f"{repo_id}@{revision or 'main'}"
+    _check_hub_ref(repo_id, revision, where)
     url = f"https://huggingface.co/{repo_id}/tree/{revision or 'main'}"
     manual = (f"To get it by hand: download {', '.join(PRESET_FILES)} from {url} into one folder "
               "and pass that folder as weights=.")
@@ -403,11 +546,39 @@ def _hub_file(repo_id, filename, revision=None, sha256=None):
     return pathlib.Path(path)
 
 
+# A branch or tag name: names of letters, digits, '.', '_', '-' (not starting with '.' or '-'),
+# joined by single '/' (as in "refs/pr/1"); a commit sha is one such name. It becomes a path in
+# huggingface_hub's cache, so nothing that could leave it ('..', '/x', '\\', control characters).
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
+def _check_hub_ref(repo_id, revision, source):
+    """Refuses a repo id or revision that is not one, before any request (ValueError)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"Invalid Hub repo id {repo_id!r} in {source!r}: expected 'owner/repo'.")
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise ValueError(f"Invalid Hub repo id {repo_id!r} in {source!r}: {error}") from None
+    if revision is None:
+        return
+    if not (isinstance(revision, str) and len(revision) <= 255 and _REVISION.fullmatch(revision)
+            and ".." not in revision and not revision.endswith((".", ".lock"))):
+        raise ValueError(
+            f"Invalid Hub revision {revision!r} in {source!r}: expected a branch or tag name (letters, "
+            "digits, '.', '_', '-', names joined by '/'; no '..', no leading '/' or '.') or a 40-hex "
+            "commit sha, e.g. 'hf://owner/repo@main' or 'hf://owner/repo@v1.0'."
+        )
+
+
 def _from_hub_uri(uri):
     spec = uri[len(HUB_PREFIX):]
     repo_id, at, revision = spec.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (at and not revision):
         raise ValueError(f"Expected 'hf://owner/repo' or 'hf://owner/repo@revision'; received {uri!r}.")
+    _check_hub_ref(repo_id, revision or None, uri)
     # The first file fixes the commit, so all files come from one snapshot.
     config = _hub_file(repo_id, CONFIG_FILE, revision or None)
     commit = config.parent.name
@@ -438,6 +609,7 @@ def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
             f"{os.fspath(preset_dir)!r} is not a preset directory (it needs {CONFIG_FILE} and "
             f"{WEIGHTS_FILE}); write one with keras_r21d.preset_io.save_preset(model, directory)."
         )
+    _check_hub_ref(repo_id, revision, f"{repo_id}@{revision or 'main'}")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:

@@ -10,13 +10,14 @@ import hashlib
 import http.server
 import socket
 import threading
-
-import numpy as np
-import pytest
+import time
 
 import keras
+import numpy as np
+import pytest
 from conftest import SHARED_DATA
-from keras_r21d import labels
+
+from keras_r21d import labels, presets
 from keras_r21d.labels import decode_predictions, kinetics400_labels, read_labels
 
 KINETICS_FILE = SHARED_DATA / "labels" / "kinetics400.txt"
@@ -124,11 +125,11 @@ def test_wrong_hash_is_explained_and_leaves_nothing(server, cache):
         kinetics400_labels(url=base + "/label_map.txt")
     message = str(error.value)
     target = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
-    assert "hash does not match" in message
+    assert "Hash mismatch" in message and hashlib.sha256(files["/label_map.txt"]).hexdigest() in message
     assert labels.KINETICS400_URL in message and labels.KINETICS400_SHA256 in message
     assert f"save it as {target}" in message
     assert not target.exists()
-    assert list((cache / labels.CACHE_SUBDIR).iterdir()) == []
+    assert [p.name for p in (cache / labels.CACHE_SUBDIR).iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_unreachable_host_is_explained(cache):
@@ -137,7 +138,7 @@ def test_unreachable_host_is_explained(cache):
                                            + url.replace(".", r"\.")) as error:
         kinetics400_labels(url=url)
     target = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
-    assert "URL fetch failure" in str(error.value)
+    assert "refused" in str(error.value).lower()
     assert f"save it as {target}" in str(error.value)
     assert not target.exists()
 
@@ -146,6 +147,42 @@ def test_missing_file_is_explained(server, cache):
     base, _, _ = server
     with pytest.raises(RuntimeError, match=r"404.*\n.*by hand"):
         kinetics400_labels(url=base + "/nothing.txt")
+
+
+def test_concurrent_first_use_downloads_once(server, cache, monkeypatch):
+    base, files, _ = server
+    body = "".join(f"class {i}\n" for i in range(400)).encode()
+    files["/label_map.txt"] = body
+    monkeypatch.setattr(labels, "KINETICS400_SHA256", hashlib.sha256(body).hexdigest())
+    calls, real = [], presets.download
+
+    def slow_download(*args, **kwargs):  # long enough for every thread to ask meanwhile
+        calls.append(args)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(presets, "download", slow_download)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(kinetics400_labels(url=base + "/label_map.txt")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[f"class {i}" for i in range(400)]] * 4
+    assert len(calls) == 1  # the others waited on the lock, then read the one cached file
+
+
+def test_a_corrupt_cached_file_is_downloaded_again(server, cache, monkeypatch):
+    base, files, _ = server
+    body = "".join(f"class {i}\n" for i in range(400)).encode()
+    files["/label_map.txt"] = body
+    monkeypatch.setattr(labels, "KINETICS400_SHA256", hashlib.sha256(body).hexdigest())
+    target = cache / labels.CACHE_SUBDIR / labels.KINETICS400_FILENAME
+    target.parent.mkdir(parents=True)
+    target.write_bytes(body[:100])  # e.g. an older version of the map, or a partial copy
+    assert len(kinetics400_labels(url=base + "/label_map.txt")) == 400
+    assert target.read_bytes() == body
 
 
 @needs_shared

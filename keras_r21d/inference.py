@@ -15,22 +15,15 @@ def clip_length(model, frames=None):
 
 
 def video_clips(model, path, clips=10, frames=None):
-    """`clips` uniformly spaced clips of a video file, preprocessed as `model`'s weights
-    expect (the preprocessing stored with a preset, else Kinetics'): `(clips, T, H, W, 3)`.
-
-    Only the frames of the clips are decoded into RGB; a video shorter than a clip is
-    looped (frame `i` of a clip from `start` is frame `(start + i) % N`).
-    """
-    from keras_r21d.data.video import count_frames, read_frames, uniform_clip_starts
+    """`clips` uniformly spaced clips of a video file (`keras_r21d.data.uniform_clips`),
+    preprocessed as `model`'s weights expect (the preprocessing stored with a preset,
+    else Kinetics'): `(clips, T, H, W, 3)`."""
+    from keras_r21d.data.video import uniform_clips
     from keras_r21d.preprocessing import preprocess_input
 
     options = {k: v for k, v in getattr(model, "preset_metadata", {}).get("preprocessing", {}).items()
                if k in ("resize", "crop", "mean", "std")}
-    frames = clip_length(model, frames)
-    total = count_frames(path)
-    numbers = [(start + i) % total for start in uniform_clip_starts(total, frames, clips) for i in range(frames)]
-    batch = read_frames(path, numbers)
-    return preprocess_input(batch.reshape(clips, frames, *batch.shape[1:]), **options)
+    return preprocess_input(uniform_clips(path, clip_length(model, frames), clips), **options)
 
 
 def predict_video(model, path, clips=10, frames=None, top=5, labels=None):

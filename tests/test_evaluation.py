@@ -186,6 +186,18 @@ def test_evaluate_model_equals_independent_computation(tiny_videos, tiny_model):
     assert result["class_names"] == ["a", "b", "c"]
 
 
+def test_predict_and_evaluate_see_the_same_clips(tiny_videos, tiny_model):
+    """One test-clip path: evaluate's clip probabilities are those of predict's clips."""
+    from keras_r21d.inference import video_clips
+
+    recorder = Recorder(tiny_model)
+    evaluation.evaluate_model(recorder, tiny_videos, frames=4, clips_per_video=3, batch_size=3, progress=False)
+    evaluated = to_probabilities(np.concatenate(recorder.outputs))
+    predicted = np.concatenate([to_probabilities(np.asarray(tiny_model.predict_on_batch(
+        video_clips(tiny_model, path, clips=3, frames=4)))) for path, _ in tiny_videos])
+    np.testing.assert_allclose(evaluated, predicted, atol=1e-5)
+
+
 def test_evaluate_model_goes_on_past_videos_that_do_not_decode(tiny_videos, tiny_model, tmp_path):
     """A broken file and a missing one among the videos: both are reported with their
     reason, the metrics are those of the readable videos alone (the independent

@@ -443,3 +443,31 @@ def test_a_resolution_change_mid_stream_raises_naming_the_file(tmp_path):
     for read in (lambda p: read_clip(p, 10, 16), read_video):
         with pytest.raises(VideoReadError, match=r"joined\.h264.*change size mid-stream|joined\.h264.*resolution changes"):
             read(path)
+
+
+@pytest.mark.parametrize("name", [generated_case(n) for n in ("h264_bframes.mp4", "mpeg4_bframes.avi")])
+@pytest.mark.parametrize("num_frames, clips, stride", [(16, 3, 1), (8, 4, 3), (16, 10, 1), (16, 1, 2)])
+def test_uniform_clips_are_read_clips_at_uniform_starts(generated, name, num_frames, clips, stride):
+    path = generated / name
+    frames, _ = reference(path)
+    span = (num_frames - 1) * stride + 1
+    starts = np.linspace(0, len(frames) - span, clips).round().astype(int) if clips > 1 else \
+        [(len(frames) - span) // 2]
+    expected = np.stack([expected_clip(frames, s, num_frames, stride) for s in starts])
+    np.testing.assert_array_equal(video.uniform_clips(path, num_frames, clips, stride), expected)
+
+
+def test_uniform_clips_decode_only_what_the_clips_need(tmp_path, opened):
+    """3 clips of 8 frames from a 600-frame video with a keyframe every 25: one open,
+    each clip decoded from the keyframe before it, far from the whole file."""
+    path = write_video(tmp_path / "long.avi", 600, "mpeg4", size=(32, 48), options={"g": "25"})
+    count_frames(path)
+    opened.clear()
+    clips = video.uniform_clips(path, 8, 3)
+    assert clips.shape == (3, 8, 32, 48, 3)
+    assert len(opened) == 1 and opened[0].decoded <= 3 * (8 + 25)
+    frames, _ = reference(path)
+    starts = (0, 296, 592)  # 0, (600 - 8) / 2, 600 - 8
+    np.testing.assert_array_equal(clips, np.stack([frames[s:s + 8] for s in starts]))
+    with pytest.raises(ValueError, match="clips=0"):
+        video.uniform_clips(path, 8, 0)

@@ -143,7 +143,7 @@ def clip_dataset(
     """
     import tensorflow as tf
 
-    from keras_r21d.data.video import VideoReadError, count_frames, read_clip, uniform_clip_starts
+    from keras_r21d.data.video import VideoReadError, count_frames, read_clip, uniform_clips
 
     if not videos:
         raise ValueError("`videos` is empty: nothing to build a dataset from.")
@@ -172,7 +172,6 @@ def clip_dataset(
         paths, labels, indices = [paths[i] for i in order], labels[order], indices[order]
         if not paths:
             raise ValueError(f"start_batch={start_batch} is past the end of the epoch.")
-    span = (frames - 1) * stride + 1
     output = (frames, crop, crop, 3)
 
     def failed(path, error):
@@ -205,9 +204,7 @@ def clip_dataset(
     def eval_clips(path, label, index):
         path = path.decode()
         try:
-            num_frames = count_frames(path)
-            clips = [read_clip(path, s, frames, stride)
-                     for s in uniform_clip_starts(num_frames, span, clips_per_video)]
+            clips = uniform_clips(path, frames, clips_per_video, stride)
         except (VideoReadError, ValueError) as error:
             failed(path, error)
             empty = np.zeros((0,) + output, "float32")

@@ -334,6 +334,31 @@ def read_clip(path, start=0, num_frames=16, stride=1):
     return _stack(path, [frames[available[i % len(available)]] for i in range(num_frames)])
 
 
+def uniform_clips(path, num_frames=16, clips=10, stride=1):
+    """The test-time clips of a video: `clips` clips of `num_frames` frames (every
+    `stride`-th), their starts spread evenly over the video (`uniform_clip_starts`),
+    `(clips, num_frames, H, W, 3)` uint8.
+
+    Each clip is what `read_clip` gives at its start (a video too short for a clip
+    loops over the clip's frames), but the file is opened once and only the frames
+    the clips need are decoded into RGB, each once. predict, evaluate and int8
+    calibration all take their clips from here.
+    """
+    path = os.fspath(path)
+    if num_frames <= 0 or clips <= 0 or stride <= 0:
+        raise ValueError(f"Need num_frames, clips and stride > 0; received num_frames={num_frames}, "
+                         f"clips={clips}, stride={stride}.")
+    total = count_frames(path)
+    span = (num_frames - 1) * stride + 1
+    positions = []
+    for start in uniform_clip_starts(total, span, clips):
+        available = list(range(start, min(start + span, total), stride))
+        positions.append([available[i % len(available)] for i in range(num_frames)])
+    frames = _read(path, [n for clip in positions for n in clip])
+    return _stack(path, [frames[n] for clip in positions for n in clip]).reshape(
+        clips, num_frames, *frames[positions[0][0]].shape)
+
+
 def uniform_clip_starts(total_frames, num_frames, clips):
     """Starts of `clips` clips of `num_frames` spread evenly over a video (the
     evaluation protocol of the paper: uniformly spaced clips)."""

@@ -6,13 +6,24 @@ momentum, a warm-up, then a decaying learning rate; optionally train on short cl
 and fine-tune on long ones ("train short, fine-tune long", section 4.4), which the
 networks allow because they take any clip length.
 
-Interruptions lose nothing: the run directory holds a checkpoint (weights, optimizer
-state with its step counter, hence the learning-rate schedule) and the position in the
-current epoch, written every `checkpoint_every` steps and at every epoch end. Each
-epoch's clip order and augmentation follow from `(seed, epoch)`, so a resumed run
-rebuilds the interrupted epoch and skips exactly the batches already trained on.
+Interruptions lose nothing: every `checkpoint_every` steps and at every epoch end the
+run directory gets a checkpoint in `checkpoints/`, a pair named by the optimizer step:
+
+- `step-<n>.weights.h5`: weights and optimizer state (with its step counter, hence the
+  learning-rate schedule);
+- `step-<n>.json`, its record, written last and atomically: the position (epoch,
+  batches done), the sums behind the current epoch's metrics so far, the run's
+  settings and their sha256, and the weights file's name and sha256.
+
+A checkpoint without its record does not exist, so a kill between the two writes
+resumes from the previous one. The last two are kept: a damaged newest one (digest
+mismatch, truncated, missing) falls back to the one before, with a warning. A run is
+resumed only with the settings it was started with (`_check_settings`). Each epoch's clip
+order and augmentation follow from `(seed, epoch)`, so a resumed run rebuilds the
+interrupted epoch and skips exactly the batches already trained on.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -23,14 +34,30 @@ import warnings
 import keras
 import numpy as np
 
-CHECKPOINT = "checkpoint.weights.h5"
-STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+KEEP = 2  # checkpoints kept: the newest and a fallback
+
+
+def _write_text(path, text):
+    tmp = pathlib.Path(f"{path}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_json(path, data):
-    tmp = pathlib.Path(f"{path}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _settings_sha256(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def learning_rate_schedule(base, steps_per_epoch, epochs, warmup_epochs=1, schedule="cosine",
@@ -78,25 +105,51 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class _Checkpointer:
-    """Keras callback factory: saves weights + optimizer and the position in the epoch."""
+    """Writes the checkpoints of a run (see the module docstring); every process calls `save`."""
 
-    def __init__(self, run_dir, every, cluster):
-        self.run_dir, self.every, self.cluster = pathlib.Path(run_dir), every, cluster
+    def __init__(self, run_dir, every, cluster, steps_per_epoch, settings, resumed_from=None):
+        self.dir = pathlib.Path(run_dir) / CHECKPOINTS
+        self.every, self.cluster, self.steps_per_epoch, self.settings = every, cluster, steps_per_epoch, settings
+        self.kept = [resumed_from] if resumed_from else []  # record names, oldest first
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     def save(self, model, epoch, batches_done):
-        if _save_weights(model, self.run_dir / CHECKPOINT, self.cluster):
-            _write_json(self.run_dir / STATE, {"epoch": epoch, "batches_done": batches_done,
-                                               "time": time.time()})
+        name = f"step-{epoch * self.steps_per_epoch + batches_done:09d}"
+        weights = self.dir / f"{name}.weights.h5"
+        if not _save_weights(model, weights, self.cluster):
+            return
+        # Mid-epoch, the metric variables hold the epoch's sums so far (loss x clips, clips, ...).
+        metrics = {v.path: keras.ops.convert_to_numpy(v).tolist() for v in model.metrics_variables} \
+            if batches_done else {}
+        _write_json(self.dir / f"{name}.json", {
+            "epoch": epoch, "batches_done": batches_done, "metrics": metrics,
+            "weights": weights.name, "sha256": _sha256(weights),
+            "settings": self.settings, "settings_sha256": _settings_sha256(self.settings), "time": time.time()})
+        self.kept = [n for n in self.kept if n != name][-(KEEP - 1):] + [name]
+        keep = {f"{n}{suffix}" for n in self.kept for suffix in (".json", ".weights.h5")}
+        for path in self.dir.glob("step-*"):  # older checkpoints, and leftovers of interrupted saves
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
-    def callback(self, epoch, first_batch):
-        import keras
-
+    def callback(self, epoch, first_batch, metrics=None):
+        """Saves every `every` steps; adds `metrics` (a record's) to the epoch's after its first step."""
         checkpointer = self
 
         class Save(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
+                if batch == 0 and metrics:
+                    # The interrupted epoch's sums before this run, so that its logs cover all its
+                    # batches. Not at the epoch's start: the compiled metrics are built by the first
+                    # step. Their variables are sums (loss x clips, hits, clips), so adding is exact.
+                    variables = self.model.metrics_variables
+                    if set(metrics) != {v.path for v in variables}:
+                        raise ValueError(f"The checkpoint's metrics {sorted(metrics)} are not the model's "
+                                         f"{sorted(v.path for v in variables)}.")
+                    for v in variables:
+                        v.assign(keras.ops.convert_to_numpy(v) + np.asarray(metrics[v.path], dtype=v.dtype))
                 done = first_batch + batch + 1
-                if checkpointer.every and done % checkpointer.every == 0:
+                # The epoch's last step is saved by the epoch-end checkpoint, after validation.
+                if checkpointer.every and done % checkpointer.every == 0 and done < checkpointer.steps_per_epoch:
                     checkpointer.save(self.model, epoch, done)
 
         return Save()
@@ -108,7 +161,7 @@ def _save_weights(model, path, cluster):
     Every process must call it: in a multi-process JAX run, reading the weights is a
     collective operation. Only process 0 keeps its file.
     """
-    tmp = pathlib.Path(f"{path}.partial{cluster.process_id}.weights.h5")
+    tmp = path.parent / f".partial-process{cluster.process_id}.weights.h5"
     model.save_weights(tmp)
     if cluster.is_chief:
         os.replace(tmp, path)
@@ -117,12 +170,84 @@ def _save_weights(model, path, cluster):
     return cluster.is_chief
 
 
-def load_run_state(run_dir):
-    """`{"epoch": e, "batches_done": k}` of an interrupted run, or None."""
-    path = pathlib.Path(run_dir) / STATE
-    if not path.is_file() or not (pathlib.Path(run_dir) / CHECKPOINT).is_file():
-        return None
-    return json.loads(path.read_text())
+def _check_record(path):
+    """What is wrong with the checkpoint whose record is `path`: (problem, None) or (None, record)."""
+    try:
+        record = json.loads(path.read_text())
+        weights = path.parent / record["weights"]
+        settings_intact = _settings_sha256(record["settings"]) == record["settings_sha256"]
+        missing = sorted({"epoch", "batches_done", "metrics", "sha256"} - record.keys())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"unreadable record ({type(error).__name__}: {error})", None
+    if missing:
+        return f"damaged record (no {missing})", None
+    if not settings_intact:
+        return "its settings do not match their sha256", None
+    if not weights.is_file():
+        return f"its weights file {weights.name} is missing", None
+    if _sha256(weights) != record["sha256"]:
+        return f"{weights.name} does not match the sha256 in the record (truncated or overwritten)", None
+    return None, dict(record, path=path, weights=weights)
+
+
+def _find_checkpoint(run_dir):
+    """The record of `run_dir`'s newest intact checkpoint (with its `path`), or None if it has none.
+
+    Damaged newer ones are skipped with a warning; if every one is damaged, an error names them.
+    """
+    run_dir = pathlib.Path(run_dir)
+    records = sorted((run_dir / CHECKPOINTS).glob("step-*.json"), reverse=True)
+    if not records and (run_dir / "state.json").is_file():
+        raise ValueError(
+            f"{run_dir} holds a checkpoint of an earlier keras-r21d (state.json, checkpoint.weights.h5) "
+            "without the run's settings, so it cannot be checked before resuming. Finish that run with "
+            "the version that started it, or train in another output directory.")
+    damaged = []
+    for path in records:
+        problem, record = _check_record(path)
+        if record is not None:
+            if damaged:
+                warnings.warn(f"Skipped damaged checkpoint(s): {'; '.join(damaged)}. Resuming from {path}.",
+                              stacklevel=3)
+            return record
+        damaged.append(f"{path}: {problem}")
+    if damaged:
+        raise ValueError(f"No intact checkpoint in {run_dir / CHECKPOINTS}:\n  " + "\n  ".join(damaged) +
+                         f"\nDelete {run_dir / CHECKPOINTS} to train from the start, or train in another "
+                         "output directory.")
+    return None
+
+
+def _check_settings(record, settings):
+    """Refuses to resume a run with other settings than it was started with: it would mix two runs."""
+    if record["settings_sha256"] == _settings_sha256(settings):
+        return
+    saved = record["settings"]
+    changes = [f"  {key}: {json.dumps(saved.get(key))} (saved) vs {json.dumps(settings.get(key))} (now)"
+               for key in sorted(saved.keys() | settings.keys()) if saved.get(key) != settings.get(key)]
+    run_dir = record["path"].parent.parent
+    raise ValueError(
+        f"{run_dir} holds a run started with other settings; resuming it would mix two trainings:\n"
+        + "\n".join(changes) + f"\nResume it with the saved settings, or train in another output "
+        f"directory (`output_dir`, -o/--output). Checkpoint: {record['path']}.")
+
+
+def _videos_digest(videos):
+    """The training list, as `"<count> videos, sha256 <digest>"`: paths relative to their common
+    folder (a moved dataset still matches) and labels, in order."""
+    paths = [os.path.abspath(path) for path, _ in videos]
+    common = os.path.commonpath([os.path.dirname(p) for p in paths])
+    listing = [[os.path.relpath(p, common), int(label)] for p, (_, label) in zip(paths, videos)]
+    return f"{len(videos)} videos, sha256 {hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}"
+
+
+def _drop_epochs_from(csv_path, epoch):
+    """Keeps metrics.csv's header and rows of the epochs before `epoch`: the rest are trained again."""
+    if csv_path.is_file():
+        header, *rows = csv_path.read_text().splitlines(keepends=True) or [""]
+        firsts = [row.split(",", 1)[0] for row in rows]  # the epoch; not a number in a row cut short
+        _write_text(csv_path, header + "".join(row for row, first in zip(rows, firsts)
+                                               if first.isdigit() and int(first) < epoch))
 
 
 def _warn_onednn_bfloat16():
@@ -197,9 +322,10 @@ def finetune(
             `learning_rate_schedule`.
         mixed_precision: build the network in mixed bfloat16 (float32 weights,
             bfloat16 computation); only for a `model` given by name.
-        output_dir: the run directory: checkpoint, state.json, metrics.csv,
+        output_dir: the run directory: checkpoints/ (the last two), metrics.csv,
             history.json, tensorboard/, curves.png and the final preset in preset/.
-            A run directory with a checkpoint is resumed.
+            A run directory with a checkpoint is resumed, if the settings that decide
+            the training are the same (else an error lists the differences).
         checkpoint_every: also checkpoint every this many steps (None: epoch ends only).
         validate: evaluate clip accuracy on `val_videos` (the split's test list)
             after every epoch.
@@ -225,10 +351,9 @@ def finetune(
     import keras
 
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
+    from keras_r21d.distributed import Cluster, setup
     from keras_r21d.models import get_model
     from keras_r21d.preset_io import save_preset
-
-    from keras_r21d.distributed import Cluster, setup
 
     cluster = Cluster() if not distributed else setup(**(distributed if isinstance(distributed, dict) else {}))
     shard = cluster.shard
@@ -253,10 +378,25 @@ def finetune(
 
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
+    model_name = model if isinstance(model, str) else \
+        getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
+    # What decides the training trajectory; a run is resumed only with the same (the output
+    # paths, logging, validation and checkpoint frequency may change).
+    settings = json.loads(json.dumps({
+        "model": model_name, "model_kwargs": model_kwargs or {}, "weights": weights,
+        "mixed_precision": mixed_precision, "train_videos": _videos_digest(train_videos),
+        "classes": num_classes, "frames": frames, "stride": stride, "resize": resize, "crop": crop,
+        "flip": flip, "batch_size": batch_size, "epochs": epochs, "long_frames": long_frames,
+        "long_epochs": long_epochs, "optimizer": optimizer, "learning_rate": learning_rate,
+        "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+        "schedule": schedule, "seed": seed, "processes": cluster.num_processes,
+    }, default=str))  # as a record stores them: tuples as lists
+    record = _find_checkpoint(run_dir)
+    if record is not None:
+        _check_settings(record, settings)
     keras.utils.set_random_seed(seed)  # the new layers' initialisation, reproducibly
     with cluster.scope():
         if isinstance(model, str):
-            model_name = model
             # Layers take the dtype policy in force when built; the caller's policy is restored.
             policy = keras.config.dtype_policy()
             if mixed_precision:
@@ -266,38 +406,36 @@ def finetune(
                 model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
             finally:
                 keras.config.set_dtype_policy(policy)
-        else:
-            model_name = getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
         schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs,
                                              schedule)
         opt = (keras.optimizers.SGD(schedule_fn, momentum=momentum, weight_decay=weight_decay)
                if optimizer == "sgd" else keras.optimizers.AdamW(schedule_fn, weight_decay=weight_decay))
         model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    checkpointer = _Checkpointer(run_dir, checkpoint_every, cluster)
-    state = load_run_state(run_dir)
     start_epoch, start_batch = 0, 0
-    if state is not None:
+    if record is not None:
         opt.build(model.trainable_variables)
-        model.load_weights(run_dir / CHECKPOINT)
-        start_epoch, start_batch = state["epoch"], state["batches_done"]
-        if start_batch >= steps_per_epoch:
-            start_epoch, start_batch = start_epoch + 1, 0
-        print(f"Resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch} "
+        model.load_weights(record["weights"])
+        start_epoch, start_batch = record["epoch"], record["batches_done"]
+        print(f"Resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch} from {record['path']} "
               f"(optimizer step {int(opt.iterations.numpy() if hasattr(opt.iterations, 'numpy') else opt.iterations)}).")
+    checkpointer = _Checkpointer(run_dir, checkpoint_every, cluster, steps_per_epoch, settings,
+                                 resumed_from=record["path"].stem if record else None)
 
     history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.is_file() and state else []
+    history = json.loads(history_path.read_text()) if history_path.is_file() and record else []
     history = [h for h in history if h["epoch"] < start_epoch]
     skipped = SkippedVideos()
     callbacks = list(callbacks or [])
     if cluster.is_chief:  # one writer of the run directory
+        _drop_epochs_from(run_dir / "metrics.csv", start_epoch)
         callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=True))
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     for epoch in range(start_epoch, total_epochs):
         clip_frames = frames if epoch < epochs else long_frames
         first = start_batch if epoch == start_epoch else 0
+        metrics = record["metrics"] if record and epoch == start_epoch else None  # the epoch's sums so far
         train = clip_dataset(train_videos, training=True, frames=clip_frames, stride=stride,
                              batch_size=batch_size, seed=seed, epoch=epoch, start_batch=first,
                              skipped=skipped, shard=shard, resize=resize, crop=crop, flip=flip)
@@ -312,12 +450,12 @@ def finetune(
             # is asserted in clip_dataset), so this hides no lost training step.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
-                               callbacks=callbacks + [checkpointer.callback(epoch, first)],
+                               callbacks=callbacks + [checkpointer.callback(epoch, first, metrics)],
                                verbose=1 if progress else 0, shuffle=False)
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         history.append({"epoch": epoch, "frames": clip_frames, **logs})
         if cluster.is_chief:
-            _write_json(history_path, history)  # before the state that says the epoch is done
+            _write_json(history_path, history)  # before the checkpoint that says the epoch is done
             plot_history(history, run_dir / "curves.png")
         checkpointer.save(model, epoch + 1, 0)
     if len(skipped):

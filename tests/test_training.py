@@ -18,7 +18,7 @@ from keras_r21d import training
 from keras_r21d.preset_io import read_config, read_metadata
 from keras_r21d.training import finetune
 
-TINY = dict(widths=(4, 4, 8, 8), stem_midplanes=3)
+TINY = {"widths": (4, 4, 8, 8), "stem_midplanes": 3}
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def videos(tmp_path_factory):
 
 
 def run(videos, out, **kwargs):
-    settings = dict(train_videos=videos, val_videos=videos[:2], labels=["a", "b"], model="r2plus1d_10",
-                    weights=None, frames=4, batch_size=2, epochs=2, output_dir=out, checkpoint_every=1,
-                    model_kwargs=TINY, progress=False, learning_rate=0.05,
-                    resize=None, crop=32)  # not Kinetics' 128x171 -> 112: a tenth of the pixels
+    settings = {"train_videos": videos, "val_videos": videos[:2], "labels": ["a", "b"], "model": "r2plus1d_10",
+                "weights": None, "frames": 4, "batch_size": 2, "epochs": 2, "output_dir": out,
+                "checkpoint_every": 1, "model_kwargs": TINY, "progress": False, "learning_rate": 0.05,
+                "resize": None, "crop": 32}  # not Kinetics' 128x171 -> 112: a tenth of the pixels
     settings.update(kwargs)
     return finetune(**settings)
 
@@ -108,6 +108,16 @@ print("epochs", [h["epoch"] for h in result["history"]],
 """
 
 
+def newest_record(out):
+    """The newest checkpoint record of a run, or None (the run may prune it while we read)."""
+    for path in sorted((out / "checkpoints").glob("step-*.json"), reverse=True):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+    return None
+
+
 def test_a_killed_process_resumes(videos, tmp_path):
     import pickle
 
@@ -118,17 +128,14 @@ def test_a_killed_process_resumes(videos, tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill -9 in the middle of the second epoch
-        state = out / "state.json"
-        if state.is_file():
-            position = json.loads(state.read_text())
-            if position["epoch"] == 1 and position["batches_done"] >= 3:
-                break
+        position = newest_record(out)
+        if position and position["epoch"] == 1 and position["batches_done"] >= 3:
+            break
         time.sleep(0.05)
-    state_at_kill = json.loads((out / "state.json").read_text())
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert state_at_kill["epoch"] == 1, "the run ended before it could be killed"
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert newest_record(out)["epoch"] == 1, "the run ended before it could be killed"
+    finished = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "Resuming" in finished.stdout
     # 8 steps per epoch (8 videos, batch 1), 3 epochs: every step done once.

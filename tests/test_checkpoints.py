@@ -5,6 +5,7 @@ expected arrays); torchvision is never imported (importing it after TensorFlow c
 """
 
 import collections
+import io
 import json
 import os
 import pickle
@@ -12,6 +13,7 @@ import pickletools
 import struct
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import py2_pickle
@@ -20,7 +22,7 @@ import pytest
 sys.modules.setdefault("triton", None)  # not needed on the CPU
 torch = pytest.importorskip("torch")
 
-from keras_r21d.checkpoints import (  # noqa: E402
+from keras_r21d.checkpoints import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     detect_format,
@@ -33,6 +35,16 @@ SERIALIZATIONS = ["zip", "legacy"]
 def torch_save(obj, path, serialization):
     torch.save(obj, path, _use_new_zipfile_serialization=serialization == "zip")
     return path
+
+
+def replace_pickle(zip_bytes, pickled):
+    """A torch.save zip archive with its data.pkl replaced; the storages stay as they are."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = pickled if info.filename.endswith("/data.pkl") else src.read(info)
+            dst.writestr(info, data)
+    return out.getvalue()
 
 
 def expected(tensor):
@@ -395,6 +407,15 @@ def test_detect_format_reads_content_not_extension(tmp_path):
         np.testing.assert_array_equal(read_checkpoint(tmp_path / name)["a"], [1.0])
 
 
+@pytest.mark.parametrize("head", [b"\x80\x02\x8a\x01\x05.", b"\x80\x02\x8a\x00.",
+                                  b"\x80\x02\x8a\x7f"])
+def test_detect_format_on_other_long1_pickles(tmp_path, head):
+    # A pickle opening with a LONG1 other than torch's magic number is not torch's legacy file.
+    path = tmp_path / "long1.pkl"
+    path.write_bytes(head)
+    assert detect_format(path) == "caffe2"
+
+
 def test_reader_never_imports_torch(tmp_path):
     """The module alone (no keras_r21d package, so no Keras) reads every format torch-free."""
     paths = [torch_save(state_dict(), tmp_path / "z.pth", "zip"),
@@ -412,5 +433,5 @@ def test_reader_never_imports_torch(tmp_path):
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -16,14 +16,7 @@ from keras_r21d.machine import quiet_tensorflow_in_cli as _quiet_tensorflow_in_c
 _enable_onednn()
 _quiet_tensorflow_in_cli()
 
-from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
-from keras_r21d.complexity import count_macs, count_params
-from keras_r21d.convert import convert_checkpoint
-from keras_r21d.evaluation import evaluate
-from keras_r21d.inference import predict_video
-from keras_r21d.labels import decode_predictions
-from keras_r21d.layers import BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, midplanes
-from keras_r21d.models import (
+from keras_r21d.applications import (
     FACTORIES,
     FR2D18,
     MC2_18,
@@ -48,10 +41,17 @@ from keras_r21d.models import (
     get_model,
     list_models,
 )
+from keras_r21d.data.preprocessing import VideoPreprocessing, preprocess_input
+from keras_r21d.evaluation import evaluate
 from keras_r21d.export import export_model, load_exported
-from keras_r21d.optimize import optimize_for_inference
-from keras_r21d.preprocessing import VideoPreprocessing, preprocess_input
-from keras_r21d.preset_io import load_preset, save_preset
+from keras_r21d.inference import predict_video
+from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
+from keras_r21d.models.complexity import count_macs, count_params
+from keras_r21d.models.layers import BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, midplanes
+from keras_r21d.models.optimize import optimize_for_inference
+from keras_r21d.presets.convert import convert_checkpoint
+from keras_r21d.presets.files import load_preset, save_preset
+from keras_r21d.presets.labels import decode_predictions
 from keras_r21d.training import finetune
 
 __version__ = "0.1.0"

@@ -33,8 +33,9 @@ NON_NEGATIVE_FLOAT = _ranged(float, 0)
 
 
 def _models_table(args):
-    from keras_r21d.complexity import count_macs, count_params
-    from keras_r21d.models import display_name, get_model, list_models
+    from keras_r21d.applications import get_model, list_models
+    from keras_r21d.models import display_name
+    from keras_r21d.models.complexity import count_macs, count_params
     from keras_r21d.presets import pretrained_models
 
     names = list_models(args.pattern)
@@ -72,45 +73,30 @@ def _demo(args):
 
 
 def _convert(args):
-    from keras_r21d.convert import convert_checkpoint
+    from keras_r21d.presets.convert import convert_checkpoint
 
     metadata = {"frames": args.frames}
     if args.labels == "kinetics400":
-        from keras_r21d.labels import kinetics400_labels
+        from keras_r21d.presets.labels import kinetics400_labels
 
         metadata["labels"] = kinetics400_labels()
     elif args.labels:
-        from keras_r21d.labels import read_labels
+        from keras_r21d.presets.labels import read_labels
 
         metadata["labels"] = read_labels(args.labels)
     out = convert_checkpoint(args.src, args.output, arch=args.arch, layout=args.format, metadata=metadata)
     print(f"Wrote preset {out} (every checkpoint tensor used, every weight assigned).")
 
 
-def _video_files(paths):
-    import pathlib
-
-    from keras_r21d.data.splits import VIDEO_EXTENSIONS
-
-    files = []
-    for path in map(pathlib.Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{str(path)!r} does not exist; pass video files or folders of videos.")
-    return files
-
-
 def _predict(args):
+    from keras_r21d.applications import get_model
+    from keras_r21d.data.splits import find_videos
     from keras_r21d.inference import clip_length, predict_video
-    from keras_r21d.models import get_model
-    from keras_r21d.optimize import inference_model
+    from keras_r21d.models.optimize import inference_model
 
     model = inference_model(get_model(args.model, weights=args.weights, frames=args.frames))
     frames = clip_length(model, args.frames)
-    files = _video_files(args.videos)
+    files = find_videos(args.videos)
     if not files:
         raise ValueError(f"No video found in {args.videos}.")
     progress = _progress(files, disable=args.json or len(files) == 1)
@@ -153,27 +139,6 @@ def _progress(items, disable):
     return tqdm(items, disable=disable, unit="video")
 
 
-def _bench_data(args):
-    import pathlib
-
-    from keras_r21d.benchmarks import data_throughput, format_data_table
-
-    files = _video_files([args.videos])
-    if not files:
-        raise ValueError(f"No video found in {args.videos!r}; pass a folder of videos.")
-    result = data_throughput([(path, 0) for path in files], model_name=args.model, frames=args.frames,
-                             batch_size=args.batch_size, batches=args.batches, train_steps=args.steps)
-    print(format_data_table(result))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _bench(args):
-    from keras_r21d.bench import run_from_args
-
-    return run_from_args(args)
-
-
 def _evaluate(args):
     from keras_r21d.evaluation import evaluate
 
@@ -212,16 +177,17 @@ def _finetune(args):
 def _export(args):
     import numpy as np
 
+    from keras_r21d.applications import get_model
     from keras_r21d.export import default_path, export_model, load_exported
-    from keras_r21d.models import get_model
 
     model = get_model(args.model, weights=_weights(args.weights), frames=args.frames)
     path = args.output or default_path(args.model, args.format)
     calibration = None
     if args.int8:
+        from keras_r21d.data.splits import find_videos
         from keras_r21d.inference import video_clips
 
-        files = _video_files(args.int8)
+        files = find_videos(args.int8)
         if not files:
             raise ValueError(f"No video found in {args.int8} to calibrate the int8 ranges with.")
         calibration = np.concatenate([video_clips(model, f, args.int8_clips, args.frames) for f in files])
@@ -242,7 +208,7 @@ def _export(args):
 
 
 def build_parser():
-    from keras_r21d.models import list_models
+    from keras_r21d.applications import list_models
 
     parser = argparse.ArgumentParser(
         prog="keras-r21d", description="The video ResNets of Tran et al. (CVPR 2018) for Keras 3."
@@ -277,33 +243,6 @@ def build_parser():
     predict.add_argument("--top", type=POSITIVE_INT, default=5)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(run=_predict)
-
-    bench = commands.add_parser("bench-data", help="clips/s of the data pipeline vs. the model's training")
-    bench.add_argument("videos", nargs="?", default="../shared/data/videos", help="folder of videos")
-    bench.add_argument("--model", default="r2plus1d_18", choices=list_models())
-    bench.add_argument("--frames", type=POSITIVE_INT, default=16)
-    bench.add_argument("--batch-size", type=POSITIVE_INT, default=4)
-    bench.add_argument("--batches", type=POSITIVE_INT, default=6, help="pipeline batches timed")
-    bench.add_argument("--steps", type=POSITIVE_INT, default=3, help="training steps timed")
-    bench.add_argument("--json", help="also write the results to this file")
-    bench.set_defaults(run=_bench_data)
-
-    speed = commands.add_parser(
-        "bench", help="CPU speed of the networks against torchvision's, as a fraction of the machine's peak")
-    speed.add_argument("--models", nargs="+", default=None,
-                       help="networks to time: the first at every batch size and in the training step, "
-                            "the others at the first batch size (default: r2plus1d_18 r3d_18 mc3_18)")
-    speed.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=None, help="default: 1 8")
-    speed.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length T (default 16)")
-    speed.add_argument("--size", type=POSITIVE_INT, default=None, help="crop size H = W (default 112)")
-    speed.add_argument("--rounds", type=POSITIVE_INT, default=None,
-                       help="alternating keras/torch rounds; the best round is reported (default 3)")
-    speed.add_argument("--modes", nargs="+", default=None, help="only these modes (default: all)")
-    speed.add_argument("--no-torch", action="store_true", help="time the Keras side only")
-    speed.add_argument("--no-train", action="store_true", help="skip the training step")
-    speed.add_argument("--quick", action="store_true", help="tiny settings (smoke test, not a measurement)")
-    speed.add_argument("--json", help="also write the results to this file")
-    speed.set_defaults(run=_bench)
 
     evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
     evaluate.add_argument("dataset", choices=("ucf101", "hmdb51"))

@@ -55,9 +55,10 @@ def run_demo(output_dir=None, networks=DEMO_NETWORKS, seeds=2, frames=8, video_f
     """
     import numpy as np
 
-    from keras_r21d.complexity import count_macs, count_params
+    from keras_r21d.applications import get_model
     from keras_r21d.data.synthetic import make_motion_dataset
-    from keras_r21d.models import display_name, get_model
+    from keras_r21d.models import display_name
+    from keras_r21d.models.complexity import count_macs, count_params
 
     start = time.time()
     root = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="keras_r21d_demo_"))

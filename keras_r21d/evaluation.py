@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from keras_r21d.preprocessing import CROP, RESIZE
+from keras_r21d.data.preprocessing import CROP, RESIZE
 
 SPLITS = (1, 2, 3)
 TABLE_METRICS = ("clip@1", "video@1", "video@5")
@@ -176,7 +176,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
 
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
     from keras_r21d.data.video import VideoReadError
-    from keras_r21d.optimize import inference_model
+    from keras_r21d.models.optimize import inference_model
 
     videos = list(videos)
     if not videos:
@@ -283,7 +283,7 @@ def _build_model(model, weights, classes, frames, names, dataset):
     """The network to evaluate, checked to classify into the dataset's classes."""
     import keras
 
-    from keras_r21d.models import get_model
+    from keras_r21d.applications import get_model
 
     if isinstance(model, keras.Model):
         built = model
@@ -374,7 +374,7 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
     names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
     network = _build_model(model, weights, classes, frames, names, dataset)
-    from keras_r21d.optimize import inference_model
+    from keras_r21d.models.optimize import inference_model
 
     fast = inference_model(network)  # once for all splits (evaluate_model would redo it per split)
     per_split = {}

@@ -55,7 +55,7 @@ def export_model(model, path, format="savedmodel", frames=None, size=None, batch
     import keras
 
     from keras_r21d.inference import clip_length
-    from keras_r21d.optimize import optimize_for_inference
+    from keras_r21d.models.optimize import optimize_for_inference
 
     _check_format(format)
     path = os.fspath(path)

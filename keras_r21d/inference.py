@@ -18,8 +18,8 @@ def video_clips(model, path, clips=10, frames=None):
     """`clips` uniformly spaced clips of a video file (`keras_r21d.data.uniform_clips`),
     preprocessed as `model`'s weights expect (the preprocessing stored with a preset,
     else Kinetics'): `(clips, T, H, W, 3)`."""
+    from keras_r21d.data.preprocessing import preprocess_input
     from keras_r21d.data.video import uniform_clips
-    from keras_r21d.preprocessing import preprocess_input
 
     options = {k: v for k, v in getattr(model, "preset_metadata", {}).get("preprocessing", {}).items()
                if k in ("resize", "crop", "mean", "std")}
@@ -41,7 +41,7 @@ def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
     Returns:
         A list of `(class_index, class_name, probability)`, most likely first.
     """
-    from keras_r21d.labels import decode_predictions
+    from keras_r21d.presets.labels import decode_predictions
 
     metadata = getattr(model, "preset_metadata", {})
     frames = clip_length(model, frames)

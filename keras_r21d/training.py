@@ -350,10 +350,10 @@ def finetune(
     """
     import keras
 
+    from keras_r21d.applications import get_model
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
     from keras_r21d.distributed import Cluster, setup
-    from keras_r21d.models import get_model
-    from keras_r21d.preset_io import save_preset
+    from keras_r21d.presets.files import save_preset
 
     cluster = Cluster() if not distributed else setup(**(distributed if isinstance(distributed, dict) else {}))
     shard = cluster.shard

@@ -1,4 +1,4 @@
-"""`keras-r21d bench`: one quick run end to end through the CLI, its JSON checked
+"""`python tools/bench.py`: one quick run end to end, its JSON checked
 against independent references (MACs from the layer shapes, /proc/cpuinfo, the
 arithmetic of every derived column, Keras vs torchvision logits)."""
 
@@ -9,8 +9,9 @@ import json
 import math
 
 import pytest
+from conftest import load_tool
 
-from keras_r21d import cli
+bench = load_tool("bench")
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="the torch side needs torch and torchvision")
@@ -19,14 +20,14 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="the torch side needs tor
 def _run(argv):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
+        code = bench.main(argv)
     return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    code, out, err = _run(["bench", "--quick", "--json", str(path)])
+    code, out, err = _run(["--quick", "--json", str(path)])
     assert code == 0, err
     return json.loads(path.read_text()), out
 
@@ -208,7 +209,7 @@ def test_ratios_and_targets(quick):
 
 def test_keras_only(tmp_path):
     path = tmp_path / "bench.json"
-    code, out, err = _run(["bench", "--quick", "--no-torch", "--no-train", "--models", "mc3_18",
+    code, out, err = _run(["--quick", "--no-torch", "--no-train", "--models", "mc3_18",
                            "--modes", "float32", "--json", str(path)])
     assert code == 0, err
     result = json.loads(path.read_text())
@@ -222,7 +223,7 @@ def test_keras_only(tmp_path):
     expected = [f"mc3_18 batch {b}" for b in batches] if bf16_no_amx else []
     assert [t["where"] for t in result["targets"]] == expected
     assert all("torch" not in t["what"] and t["unit"] == "%" for t in result["targets"])
-    assert not any(t["applies"] for t in result["targets"])  # issue 10: targets are R(2+1)D-18's only
+    assert not any(t["applies"] for t in result["targets"])  # the targets are R(2+1)D-18's only
     assert "mc3_18" in out
 
 
@@ -231,6 +232,6 @@ def test_keras_only(tmp_path):
     (["--modes", "int4"], "float32 optimized"),
 ])
 def test_unknown_names(argv, message):
-    code, _, err = _run(["bench", "--quick", *argv])
+    code, _, err = _run(["--quick", *argv])
     assert code == 2
     assert "Unknown" in err and message in err

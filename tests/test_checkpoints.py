@@ -1,4 +1,4 @@
-"""keras_r21d.checkpoints against torch itself, hand-written files and hostile pickles.
+"""keras_r21d.presets.checkpoints against torch itself, hand-written files and hostile pickles.
 
 Torch is the reference (torch.save writes the files, the tensors' own values are the
 expected arrays); torchvision is never imported (importing it after TensorFlow crashes).
@@ -22,7 +22,7 @@ import pytest
 sys.modules.setdefault("triton", None)  # not needed on the CPU
 torch = pytest.importorskip("torch")
 
-from keras_r21d.checkpoints import (
+from keras_r21d.presets.checkpoints import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     detect_format,

@@ -39,17 +39,3 @@ def test_models_reports_unknown_pattern():
     assert run.returncode != 0 and "No registered network matches 'c3d*'" in run.stderr
 
 
-def test_bench_data_prints_its_table(tmp_path):
-    from conftest import SHARED_DATA
-
-    videos = SHARED_DATA / "videos"
-    if not videos.is_dir():
-        pytest.skip(f"real videos not found at {videos}")
-    out = tmp_path / "bench.json"
-    run = run_cli("bench-data", str(videos), "--model", "r3d_10", "--frames", "4", "--batch-size", "2",
-                  "--batches", "2", "--steps", "1", "--json", str(out))
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "tf.data pipeline alone" in run.stdout and "Pipeline / training demand" in run.stdout
-    result = json.loads(out.read_text())
-    assert result["pipeline_clips_per_s"] > 0 and result["train_clips_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["pipeline_clips_per_s"] / result["train_clips_per_s"])

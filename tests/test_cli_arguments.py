@@ -24,8 +24,6 @@ REFUSED = [
     (["predict", "v.mp4", "--clips", "0"], "--clips", ">= 1"),
     (["predict", "v.mp4", "--clips", "-1"], "--clips", ">= 1"),
     (["evaluate", "ucf101", "r", "--stride", "0"], "--stride", ">= 1"),
-    (["bench-data", "--batch-size", "0"], "--batch-size", ">= 1"),
-    (["bench", "--batch-sizes", "1", "0"], "--batch-sizes", ">= 1"),
     (["demo", "--seeds", "0"], "--seeds", ">= 1"),
 ]
 
@@ -46,10 +44,3 @@ def test_edge_values_inside_the_ranges_are_accepted():
          "--warmup-epochs", "0", "--weight-decay", "0", "--long-epochs", "0", "--eval-clips", "0", "--seed", "0"])
     assert (args.batch_size, args.epochs, args.lr, args.momentum, args.warmup_epochs, args.long_epochs,
             args.eval_clips) == (1, 1, 1e-9, 0.0, 0.0, 0, 0)
-
-
-def test_a_missing_video_folder_is_one_clear_line(tmp_path, capsys):
-    missing = tmp_path / "no_such_folder"
-    assert cli.main(["bench-data", str(missing)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and str(missing) in error and "does not exist" in error, error

@@ -16,8 +16,8 @@ import pytest
 
 import keras_r21d
 from keras_r21d import cli
-from keras_r21d.convert import ConversionError, convert_checkpoint, infer_architecture
-from keras_r21d.preset_io import load_preset, read_config, read_metadata
+from keras_r21d.presets.convert import ConversionError, convert_checkpoint, infer_architecture
+from keras_r21d.presets.files import load_preset, read_config, read_metadata
 
 # Only look for torchvision: importing it after TensorFlow crashes this process.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
@@ -90,13 +90,13 @@ def test_caffe2_release_networks_through_the_cli(reference, tmp_path, name):
 
 
 def _tensors(reference, name):
-    from keras_r21d.checkpoints import read_checkpoint
+    from keras_r21d.presets.checkpoints import read_checkpoint
 
     return read_checkpoint(reference / name)
 
 
 def test_strict_conversion_reports_what_does_not_match(reference, tmp_path):
-    from keras_r21d.convert import assign_weights
+    from keras_r21d.presets.convert import assign_weights
 
     tensors = _tensors(reference, "mc3_18.pth")
     model = keras_r21d.MC3_18(midplanes="per_block", bn_epsilon=1e-5)

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["keras_r21d", "keras_r21d.layers", "keras_r21d.backbone", "keras_r21d.models",
-           "keras_r21d.preprocessing", "keras_r21d.labels", "keras_r21d.optimize"]
+MODULES = ["keras_r21d", "keras_r21d.models.layers", "keras_r21d.models.backbone", "keras_r21d.applications",
+           "keras_r21d.data.preprocessing", "keras_r21d.presets.labels", "keras_r21d.models.optimize"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

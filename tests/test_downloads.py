@@ -18,7 +18,7 @@ import pytest
 from test_presets import Server, cache_files, entry, safetensors_bytes, tiny_model, use_manifest
 
 from keras_r21d import presets
-from keras_r21d.preset_io import CONFIG_FILE, WEIGHTS_FILE
+from keras_r21d.presets.files import CONFIG_FILE, WEIGHTS_FILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

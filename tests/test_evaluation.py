@@ -143,7 +143,7 @@ class Recorder:
 def preprocess(clips):
     from keras import ops
 
-    from keras_r21d.preprocessing import preprocess_input
+    from keras_r21d.data.preprocessing import preprocess_input
 
     return ops.convert_to_numpy(preprocess_input(clips))
 

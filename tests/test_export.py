@@ -9,7 +9,7 @@ import pytest
 import keras_r21d
 from keras_r21d.cli import main
 from keras_r21d.export import export_model, load_exported
-from keras_r21d.preset_io import save_preset
+from keras_r21d.presets.files import save_preset
 from tests.conftest import randomize_batchnorm
 
 FRAMES, SIZE = 4, 32

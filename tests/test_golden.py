@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 
 import keras_r21d
-from keras_r21d.convert import convert_checkpoint
-from keras_r21d.preset_io import load_preset, read_config
+from keras_r21d.presets.convert import convert_checkpoint
+from keras_r21d.presets.files import load_preset, read_config
 
 GOLDEN = pathlib.Path(__file__).with_name("data") / "golden"
 
@@ -64,7 +64,7 @@ def test_preset_as_feature_extractor_and_fixed_settings(tmp_path):
 
 def test_convert_cli_stores_labels_frames_and_preprocessing(tmp_path, capsys):
     from keras_r21d import cli
-    from keras_r21d.preset_io import read_metadata
+    from keras_r21d.presets.files import read_metadata
 
     names = tmp_path / "names.txt"
     names.write_text("a\r\nb\r\nc\r\nd\r\ne\r\n")

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from keras_r21d import labels, presets
-from keras_r21d.labels import decode_predictions, kinetics400_labels, read_labels
+from keras_r21d import presets
+from keras_r21d.presets import labels
+from keras_r21d.presets.labels import decode_predictions, kinetics400_labels, read_labels
 
 KINETICS_FILE = SHARED_DATA / "labels" / "kinetics400.txt"
 needs_shared = pytest.mark.skipif(not KINETICS_FILE.exists(),

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import keras_r21d
 from keras_r21d.machine import cpu_kind
-from keras_r21d.optimize import FusedConv, fold_batchnorm
+from keras_r21d.models.optimize import FusedConv, fold_batchnorm
 from tests.conftest import SHARED_DATA, randomize_batchnorm
 from tests.numpy_reference import batchnorm, conv3d
 
@@ -135,7 +135,7 @@ def converted_r2plus1d(tmp_path_factory):
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason=f"real videos not found at {VIDEOS}")
 def test_fast_modes_keep_top1_and_probabilities_on_real_clips(converted_r2plus1d):
     from keras_r21d.data.video import read_clip
-    from keras_r21d.preprocessing import preprocess_input
+    from keras_r21d.data.preprocessing import preprocess_input
 
     files = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
     # Kinetics preprocessing (128x171 resize, 112 centre crop) of each video's first clip.
@@ -157,7 +157,7 @@ def test_fast_modes_keep_top1_and_probabilities_on_real_clips(converted_r2plus1d
 
 
 def test_predict_and_evaluate_get_the_fast_graph_without_asking():
-    from keras_r21d.optimize import inference_model
+    from keras_r21d.models.optimize import inference_model
 
     model = network("mc3_18", frames=4)
     fast = inference_model(model)

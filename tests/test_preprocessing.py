@@ -28,8 +28,8 @@ import pytest
 
 import keras
 from numpy_reference import bilinear_resize
-from keras_r21d import preprocessing
-from keras_r21d.preprocessing import (
+from keras_r21d.data import preprocessing
+from keras_r21d.data.preprocessing import (
     CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, VideoPreprocessing, preprocess_input,
 )
 
@@ -51,7 +51,7 @@ if backend == "torch":
     import torchvision.transforms.functional as TF
     from torchvision.models.video import R2Plus1D_18_Weights
 import keras
-from keras_r21d.preprocessing import VideoPreprocessing, preprocess_input
+from keras_r21d.data.preprocessing import VideoPreprocessing, preprocess_input
 
 directory = sys.argv[1]
 inputs = np.load(os.path.join(directory, "clips.npz"))

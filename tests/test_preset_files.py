@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_r21d
-from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, load_preset, save_preset
+from keras_r21d.presets.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, load_preset, save_preset
 
 TINY = {"widths": (4, 4, 8, 8), "stem_midplanes": 3}
 

@@ -20,8 +20,8 @@ import pytest
 
 import keras_r21d
 from keras_r21d import presets
-from keras_r21d.convert import LAYOUTS, source_keys
-from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_metadata, save_preset
+from keras_r21d.presets.convert import LAYOUTS, source_keys
+from keras_r21d.presets.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, read_metadata, save_preset
 
 ARCH = "r2plus1d_18"
 PAPER_NETWORKS = ["r2d_18", "fr2d_18", "r3d_18", "mc2_18", "mc3_18", "mc4_18", "mc5_18",
@@ -254,7 +254,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_download_convert_cache_and_reuse_offline(monkeypatch, cache, origin, tiny):
     e = entry(f"{origin.url}/tiny.safetensors", sha256=tiny["sha256"])
     e["labels"] = "kinetics400"
-    monkeypatch.setattr("keras_r21d.labels.kinetics400_labels", lambda: [f"class {i}" for i in range(5)])
+    monkeypatch.setattr("keras_r21d.presets.labels.kinetics400_labels", lambda: [f"class {i}" for i in range(5)])
     use_manifest(monkeypatch, e)
 
     model = load("tiny")
@@ -349,7 +349,7 @@ def test_a_failed_conversion_leaves_nothing(monkeypatch, cache, origin):
         (output_dir / CONFIG_FILE).write_text("{}")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr("keras_r21d.convert.convert_checkpoint", broken)
+    monkeypatch.setattr("keras_r21d.presets.convert.convert_checkpoint", broken)
     # Without a published checksum a file that does not convert is a bad download: removed too.
     with pytest.raises(presets.DownloadError, match="not a valid torchvision checkpoint.*interrupted.*removed"):
         presets.fetch_preset("tiny_k5")

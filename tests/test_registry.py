@@ -12,7 +12,8 @@ import tensorflow as tf
 from conftest import randomize_batchnorm
 
 import keras_r21d
-from keras_r21d.models import FACTORIES, MODELS
+from keras_r21d.applications import FACTORIES
+from keras_r21d.models import MODELS
 
 TINY = (8, 32, 32, 3)
 ALL = list(MODELS)

@@ -15,7 +15,7 @@ import pytest
 from media import random_videos
 
 from keras_r21d import training
-from keras_r21d.preset_io import read_config, read_metadata
+from keras_r21d.presets.files import read_config, read_metadata
 from keras_r21d.training import finetune
 
 TINY = {"widths": (4, 4, 8, 8), "stem_midplanes": 3}

@@ -5,7 +5,7 @@
 R(2+1)D-18 (the registry's widths), SGD momentum 0.9, cross-entropy, `train_on_batch`
 on one random batch; each trial in its own process (TensorFlow's threading and oneDNN
 are fixed at start-up). The figure is the best of `--steps` steps after a first one
-(tracing). torchvision's step is timed by `keras-r21d bench`.
+(tracing). torchvision's step is timed by `python tools/bench.py`.
 
 Trials: the default (oneDNN on, as importing keras_r21d sets it); oneDNN off (TF's own
 default on CPUs without AVX512_VNNI/BF16/AMX); batch norm as TensorFlow's fused
@@ -53,9 +53,9 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
 
 if "fused_bn" in options:
-    import keras_r21d.layers
+    import keras_r21d.models.layers
 
-    keras_r21d.layers.layers.BatchNormalization = FusedBatchNorm
+    keras_r21d.models.layers.layers.BatchNormalization = FusedBatchNorm
 model = keras_r21d.get_model("r2plus1d_18", input_shape=(frames, size, size, 3), classes=400)
 model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
 x = np.random.default_rng(0).normal(size=(batch, frames, size, size, 3)).astype("float32")

@@ -13,7 +13,7 @@ Trials: the plain model and `optimize_for_inference` (batch norm folded) on the
 TensorFlow backend, with XLA, in mixed bfloat16, with the 2D lowering; the
 exported TFLite graph (XNNPACK) in float32 and int8; ONNX Runtime; OpenVINO (pip install
 openvino) on the exported ONNX graph; the JAX and
-PyTorch backends. torchvision itself is measured by `keras-r21d bench`.
+PyTorch backends. torchvision itself is measured by `python tools/bench.py`.
 """
 
 import argparse
@@ -123,7 +123,7 @@ def _real_clips(args, start=0):
 
     from keras_r21d.data.splits import VIDEO_EXTENSIONS
     from keras_r21d.data.video import read_clip
-    from keras_r21d.preprocessing import preprocess_input
+    from keras_r21d.data.preprocessing import preprocess_input
 
     files = sorted(p for p in pathlib.Path(args.videos).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
@@ -177,7 +177,7 @@ def main(argv=None):
 
     import numpy as np
 
-    from keras_r21d.benchmarks import cpu_name
+    from keras_r21d.machine import cpu_name
     from keras_r21d.evaluation import to_probabilities
 
     workdir = tempfile.mkdtemp(prefix="bench_trials_")

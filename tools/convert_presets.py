@@ -53,7 +53,7 @@ def parity(entry, preset_dir):
     import numpy as np
 
     from keras_r21d import presets
-    from keras_r21d.preset_io import load_preset
+    from keras_r21d.presets.files import load_preset
 
     origin = entry["origin"]
     checkpoint = presets.cache_dir() / "downloads" / origin["filename"]
@@ -91,7 +91,7 @@ def main(argv=None):
         os.environ["KERAS_R21D_CACHE"] = os.path.abspath(args.cache)
 
     from keras_r21d import presets
-    from keras_r21d.convert import sha256_of
+    from keras_r21d.presets.convert import sha256_of
 
     entries = presets.list_presets()
     if args.only:

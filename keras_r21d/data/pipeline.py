@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from keras_r21d.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, resize_crop_numpy
+from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, resize_crop_numpy
 
 log = logging.getLogger("keras_r21d")
 
@@ -77,7 +77,7 @@ def normalize(x, mean=KINETICS_MEAN, std=KINETICS_STD):
 
 
 def center_offsets(size, crop):
-    from keras_r21d.preprocessing import _crop_offset
+    from keras_r21d.data.preprocessing import _crop_offset
 
     return tuple(_crop_offset(s, c) for s, c in zip(size, (crop, crop)))
 

@@ -352,3 +352,17 @@ def folder_dataset(root, extensions=VIDEO_EXTENSIONS, classes=None):
     if empty:
         raise DatasetError(f"These class folders of {root} hold no video ({', '.join(sorted(suffixes))}): {empty}.")
     return videos, names
+
+
+def find_videos(paths):
+    """The video files among `paths` (files, or folders searched recursively for
+    `VIDEO_EXTENSIONS`), in order; FileNotFoundError for a path that does not exist."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{str(path)!r} does not exist; pass video files or folders of videos.")
+    return files

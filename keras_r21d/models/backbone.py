@@ -8,7 +8,7 @@ and in the conv type of each stage (Tran et al. 2018, Table 1 and Figure 1).
 import keras
 from keras import layers
 
-from keras_r21d.layers import CONV_TYPES, MIDPLANES_CONVENTIONS, STEM_TYPES, BasicBlock, Stem
+from keras_r21d.models.layers import CONV_TYPES, MIDPLANES_CONVENTIONS, STEM_TYPES, BasicBlock, Stem
 
 # Stem kind and the conv type of conv2_x..conv5_x for each architecture of the paper.
 ARCHITECTURES = {

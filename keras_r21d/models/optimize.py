@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from keras_r21d.layers import PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D
+from keras_r21d.models.layers import PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D
 
 PRECISIONS = ("float32", "bfloat16")
 CHANNEL_MULTIPLE = 16  # AVX-512 holds 16 float32

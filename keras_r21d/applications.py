@@ -1,28 +1,12 @@
-"""The model registry and the keras.applications-style factories."""
+"""Where networks meet weights: `get_model`, `list_models` and the
+`keras.applications`-style factories (`keras_r21d.R2Plus1D18(weights="kinetics400")`)."""
 
 import fnmatch
-import inspect
 import os
 
-from keras_r21d.backbone import ARCHITECTURES, DEPTHS, VideoResNet
-
-# Every registered network: name -> (architecture, depth). The paper's 12 networks
-# at 18 layers, and R3D / R(2+1)D at the other depths it studies.
-MODELS = {f"{arch}_18": (arch, 18) for arch in ARCHITECTURES}
-MODELS.update({f"{arch}_{depth}": (arch, depth) for arch in ("r3d", "r2plus1d") for depth in (10, 16, 26, 34)})
-MODELS = dict(sorted(MODELS.items(), key=lambda item: (list(ARCHITECTURES).index(item[1][0]), item[1][1])))
-
-# Paper names, for tables and messages.
-DISPLAY_NAMES = {
-    "r2d": "R2D", "fr2d": "f-R2D", "r3d": "R3D", "mc2": "MC2", "mc3": "MC3", "mc4": "MC4",
-    "mc5": "MC5", "rmc2": "rMC2", "rmc3": "rMC3", "rmc4": "rMC4", "rmc5": "rMC5",
-    "r2plus1d": "R(2+1)D",
-}
-
-
-def display_name(name):
-    arch, depth = MODELS[name]
-    return f"{DISPLAY_NAMES[arch]}-{depth}"
+from keras_r21d.models import MODELS, build_network, check_name, display_name
+from keras_r21d.presets import pretrained_models, resolve_weights
+from keras_r21d.presets.files import load_preset
 
 
 def list_models(pattern=None, pretrained=None):
@@ -44,64 +28,19 @@ def list_models(pattern=None, pretrained=None):
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     if pretrained is not None:
-        from keras_r21d.presets import pretrained_models
-
         available = pretrained_models(pretrained)
         names = [n for n in names if n in available]
     return names
 
 
-def _check_name(name):
-    if name not in MODELS:
-        close = [n for n in MODELS if n.split("_")[0] == str(name).split("_")[0]] or list(MODELS)
-        raise ValueError(f"Unknown network {name!r}. Registered networks: {', '.join(close)}.")
-
-
-DEFAULT_CLASSES = 400  # Kinetics-400
-DEFAULT_MIDPLANES = "per_conv"  # the paper's
-
-
-def build_model(
-    model_name,
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=None,
-    classifier_activation="softmax",
-    midplanes=None,
-    frames=None,
-    name=None,
-    **kwargs,
-):
-    """Builds the registered network `model_name`; see `get_model`."""
-    _check_name(model_name)
+def build_model(model_name, weights=None, **kwargs):
+    """Builds the registered network `model_name` with `weights`; see `get_model`."""
+    check_name(model_name)
     if weights is not None and not _is_weights_file(weights):
-        return _from_preset(model_name, weights, include_top=include_top, input_tensor=input_tensor,
-                            input_shape=input_shape, pooling=pooling, classes=classes,
-                            classifier_activation=classifier_activation, midplanes=midplanes,
-                            frames=frames, name=name, **kwargs)
+        return _from_preset(model_name, weights, **kwargs)
     if weights is not None and not os.path.isfile(weights):
         raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
-    classes = DEFAULT_CLASSES if classes is None else classes
-    midplanes = midplanes or DEFAULT_MIDPLANES
-    arch, depth = MODELS[model_name]
-    stem, stages = ARCHITECTURES[arch]
-    model = VideoResNet(
-        stem=stem, stages=stages, blocks=DEPTHS[depth], midplanes=midplanes, frames=frames,
-        include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
-        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
-        name=name or model_name, **kwargs,
-    )
-    # What rebuilds this network, for presets (keras_r21d.save_preset).
-    builder_defaults = {k: v.default for k, v in inspect.signature(VideoResNet).parameters.items()}
-    model.keras_r21d_config = {
-        "architecture": model_name, "classes": classes, "include_top": include_top,
-        "midplanes": midplanes, "frames": model.input_shape[1] if stem == "r2d" else frames,
-        **{key: kwargs.get(key, builder_defaults[key])
-           for key in ("bn_epsilon", "bn_momentum", "widths", "stem_midplanes")},
-    }
+    model = build_network(model_name, **kwargs)
     if weights is not None:
         load_weights_file(model, weights)
     return model
@@ -113,9 +52,6 @@ def _is_weights_file(weights):
 
 def _from_preset(model_name, weights, midplanes=None, frames=None, **kwargs):
     """A network with pretrained weights: a preset name or alias, hf://..., or a directory."""
-    from keras_r21d.preset_io import load_preset
-    from keras_r21d.presets import resolve_weights
-
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
             "`weights` must be None, a preset name or alias (e.g. 'kinetics400'), "

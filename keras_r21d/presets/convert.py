@@ -22,10 +22,10 @@ import re
 
 import numpy as np
 
-from keras_r21d.backbone import ARCHITECTURES, DEPTHS
-from keras_r21d.layers import midplanes as midplanes_formula
-from keras_r21d.models import MODELS, get_model
-from keras_r21d.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+from keras_r21d.models import MODELS, build_network
+from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS
+from keras_r21d.models.layers import midplanes as midplanes_formula
 
 LAYOUTS = ("torchvision", "ig65m", "caffe2")
 BN_EPSILON = {"torchvision": 1e-5, "ig65m": 1e-3, "caffe2": 1e-3}
@@ -289,8 +289,8 @@ def convert_checkpoint(src, output_dir, arch=None, layout=None, metadata=None):
         metadata: extra metadata.json entries (labels, preprocessing, frames,
             source url...); the source file name, format and sha256 are added.
     """
-    from keras_r21d.checkpoints import detect_format, read_checkpoint
-    from keras_r21d.preset_io import save_preset
+    from keras_r21d.presets.checkpoints import detect_format, read_checkpoint
+    from keras_r21d.presets.files import save_preset
 
     file_format = detect_format(src)
     tensors = read_checkpoint(src, format=file_format)
@@ -302,7 +302,7 @@ def convert_checkpoint(src, output_dir, arch=None, layout=None, metadata=None):
         raise ConversionError(
             f"{os.fspath(src)!r} holds a {config['architecture']} ({layout} layout), not {arch}."
         )
-    model = get_model(config.pop("architecture"), **config)
+    model = build_network(config.pop("architecture"), **config)
     assign_weights(model, tensors, layout)
     metadata = dict(metadata or {})
     if metadata.get("frames") is None:

@@ -6,7 +6,7 @@ same numbers.
 
 Composite layers (`Conv2Plus1D`, `BasicBlock`, `Stem`) expose `trace_shapes`, the
 list of their convolutions with input and output shapes; `compute_output_shape` and
-the MAC counter of `keras_r21d.complexity` both read it, so the shape arithmetic
+the MAC counter of `keras_r21d.models.complexity` both read it, so the shape arithmetic
 lives in one place.
 """
 
@@ -173,7 +173,7 @@ class Conv2Plus1D(layers.Layer):
         kernel_size: int or (t, d, d) of the 3D conv being factorised.
         strides: int or (sT, sH, sW).
         midplanes: channels M between the two convs; `None` computes it per conv
-            with `keras_r21d.layers.midplanes` from the input channels.
+            with `keras_r21d.models.layers.midplanes` from the input channels.
         bn_epsilon, bn_momentum: of the BN between the two convs (Keras momentum,
             i.e. 1 - PyTorch's).
 

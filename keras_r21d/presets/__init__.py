@@ -17,7 +17,7 @@ published accuracy. `weights=` of the model factories resolves through
 A preset is fetched once into `cache_dir()/presets/<name>/`: from its Hub repo when
 the manifest names one (pinned revision, sha256 of every file checked), otherwise
 downloaded from its origin (hash checked as far as one is known), converted with
-`keras_r21d.convert.convert_checkpoint` and cached. Nothing half-written or
+`keras_r21d.presets.convert.convert_checkpoint` and cached. Nothing half-written or
 unverified is ever left in the cache, also when several processes fetch one preset at
 once (a lock file per preset and per download; every file and directory is written
 under a name of its own and renamed into place once verified).
@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 
-from keras_r21d.preset_io import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_preset_dir
+from keras_r21d.presets.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_preset_dir
 
 CACHE_ENV = "KERAS_R21D_CACHE"
 HUB_PREFIX = "hf://"
@@ -120,7 +120,7 @@ def resolve_weights(weights, model_name, frames=None):
     if path.exists():
         raise ValueError(
             f"{weights!r} exists but is not a preset directory: one holds {CONFIG_FILE} and "
-            f"{WEIGHTS_FILE} (written by keras_r21d.preset_io.save_preset or `keras-r21d convert`); "
+            f"{WEIGHTS_FILE} (written by keras_r21d.presets.files.save_preset or `keras-r21d convert`); "
             "a .weights.h5 file must end in .weights.h5."
         )
     entries = _manifest()
@@ -217,7 +217,7 @@ def _fetch_origin(entry, target, keep_download):
                 raise
             # Without a checksum the strict conversion is the check: a file that fails it is
             # taken as a bad download and removed, so that a retry fetches it again.
-            from keras_r21d.convert import sha256_of
+            from keras_r21d.presets.convert import sha256_of
 
             received = f"{source.stat().st_size} bytes, sha256 {sha256_of(source)}" if source.is_file() else "?"
             source.unlink(missing_ok=True)
@@ -231,8 +231,8 @@ def _fetch_origin(entry, target, keep_download):
 
 
 def _convert(entry, source, directory, metadata):
-    from keras_r21d.convert import convert_checkpoint
-    from keras_r21d.preset_io import read_config
+    from keras_r21d.presets.convert import convert_checkpoint
+    from keras_r21d.presets.files import read_config
 
     convert_checkpoint(source, directory, arch=entry["architecture"], layout=entry["origin"]["format"],
                        metadata=metadata)
@@ -285,7 +285,7 @@ def _install(target, write):
 def _metadata(entry):
     labels = None
     if entry.get("labels") == "kinetics400":
-        from keras_r21d.labels import kinetics400_labels
+        from keras_r21d.presets.labels import kinetics400_labels
 
         try:
             labels = kinetics400_labels()
@@ -361,7 +361,7 @@ def download(url, dest, sha256=None, sha256_prefix=None, manual="", size=None, m
                 f"Wrong size for {url}: received {received} bytes, expected {size} (the manifest's size); "
                 f"nothing was written to {dest}. Retry. {manual}".rstrip()
             )
-        from keras_r21d.convert import sha256_of
+        from keras_r21d.presets.convert import sha256_of
 
         # The bytes kept are checked, not the stream: what is renamed is what was verified.
         _check_digest(sha256_of(tmp), sha256, sha256_prefix, what=url, manual=manual)
@@ -451,7 +451,7 @@ def _setting(env, default):
 
 def _check_file(path, sha256, sha256_prefix, what, manual="", remove=True):
     """Checks the file at `path`; on a mismatch deletes it (with `remove`) and raises."""
-    from keras_r21d.convert import sha256_of
+    from keras_r21d.presets.convert import sha256_of
 
     try:
         _check_digest(sha256_of(path), sha256, sha256_prefix, what=what, manual=manual)
@@ -594,7 +594,7 @@ def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
     Load it back with `get_model(name, weights="hf://<repo_id>@<commit>")`.
 
     Args:
-        preset_dir: a directory written by `keras_r21d.preset_io.save_preset`.
+        preset_dir: a directory written by `keras_r21d.presets.files.save_preset`.
         repo_id: "owner/name"; created (model repo) when it does not exist.
         revision: branch to commit to (created if needed); None: the default branch.
         private: create the repo private.
@@ -607,7 +607,7 @@ def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
     if not is_preset_dir(preset_dir):
         raise ValueError(
             f"{os.fspath(preset_dir)!r} is not a preset directory (it needs {CONFIG_FILE} and "
-            f"{WEIGHTS_FILE}); write one with keras_r21d.preset_io.save_preset(model, directory)."
+            f"{WEIGHTS_FILE}); write one with keras_r21d.presets.files.save_preset(model, directory)."
         )
     _check_hub_ref(repo_id, revision, f"{repo_id}@{revision or 'main'}")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)

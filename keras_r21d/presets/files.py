@@ -13,6 +13,8 @@ import pathlib
 import shutil
 import tempfile
 
+from keras_r21d.models import MODELS, build_network
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
@@ -131,8 +133,6 @@ def _read_json(path):
 
 def read_config(directory):
     """config.json of a preset, checked key by key (errors name the file)."""
-    from keras_r21d.models import list_models
-
     path = pathlib.Path(directory) / CONFIG_FILE
     config = _read_json(path)
     if not isinstance(config, dict):
@@ -146,7 +146,7 @@ def read_config(directory):
             + ([f"missing keys {missing}"] if missing else [])) + ".")
     for key, value in config.items():
         check, expected = _CONFIG_SCHEMA[key]
-        if not check(value) or (key == "architecture" and value not in list_models()):
+        if not check(value) or (key == "architecture" and value not in MODELS):
             raise ValueError(f"{os.fspath(path)!r}: {key} must be {expected}; it is {value!r}.")
     return config
 
@@ -208,8 +208,6 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
     Returns:
         A `keras.Model` with `preset_metadata` (the metadata.json dict) attached.
     """
-    from keras_r21d.models import get_model
-
     directory = pathlib.Path(directory)
     if not is_preset_dir(directory):
         raise FileNotFoundError(
@@ -241,7 +239,7 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
         )
 
-    source = get_model(arch, classes=preset_classes, frames=asked_frames, **config)
+    source = build_network(arch, classes=preset_classes, frames=asked_frames, **config)
     check_weights_file(directory / WEIGHTS_FILE, source)
     source.load_weights(directory / WEIGHTS_FILE)
 
@@ -251,7 +249,7 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
         logging.getLogger("keras_r21d").warning(
             "The preset %s has %d classes and %d were asked for: its classifier is dropped and a "
             "new one initialised for fine-tuning.", os.fspath(directory), preset_classes, classes)
-    target = get_model(arch, include_top=include_top, frames=asked_frames,
+    target = build_network(arch, include_top=include_top, frames=asked_frames,
                        classes=classes or preset_classes, **config, **kwargs)
     for layer in target.layers:
         if not layer.weights or (new_head and layer.name == "fc"):

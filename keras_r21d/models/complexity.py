@@ -10,7 +10,7 @@ import math
 
 from keras import layers
 
-from keras_r21d.layers import trace_shapes
+from keras_r21d.models.layers import trace_shapes
 
 
 def count_params(model):

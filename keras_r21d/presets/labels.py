@@ -85,8 +85,8 @@ def kinetics400_labels(cache_dir=None, url=None):
     >>> names[0], len(names)  # doctest: +SKIP
     ('abseiling', 400)
     """
-    from keras_r21d.convert import sha256_of
     from keras_r21d.presets import _locked, download
+    from keras_r21d.presets.convert import sha256_of
 
     url = url or KINETICS400_URL
     path = pathlib.Path(cache_root(cache_dir)) / CACHE_SUBDIR / KINETICS400_FILENAME
@@ -151,7 +151,7 @@ def decode_predictions(preds, top=5, labels=None):
                 f"`preds` has {classes} classes, so they are not Kinetics-400 (400 "
                 f"classes): pass `labels=`, the list of the {classes} class names in index "
                 "order (e.g. stored with the weights or read with "
-                "keras_r21d.labels.read_labels)."
+                "keras_r21d.presets.labels.read_labels)."
             )
         labels = kinetics400_labels()
     labels = list(labels)

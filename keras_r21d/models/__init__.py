@@ -1,0 +1,75 @@
+"""The networks of Tran et al. (CVPR 2018) as Keras models: layers, the ResNet backbone,
+the registry of named networks, complexity counts and inference-graph folding.
+
+No files and no weights here: pretrained weights live in `keras_r21d.presets`, and the
+`keras.applications`-style factories that join the two in `keras_r21d.applications`.
+"""
+
+import inspect
+
+from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS, VideoResNet
+
+# Every registered network: name -> (architecture, depth). The paper's 12 networks
+# at 18 layers, and R3D / R(2+1)D at the other depths it studies.
+MODELS = {f"{arch}_18": (arch, 18) for arch in ARCHITECTURES}
+MODELS.update({f"{arch}_{depth}": (arch, depth) for arch in ("r3d", "r2plus1d") for depth in (10, 16, 26, 34)})
+MODELS = dict(sorted(MODELS.items(), key=lambda item: (list(ARCHITECTURES).index(item[1][0]), item[1][1])))
+
+# Paper names, for tables and messages.
+DISPLAY_NAMES = {
+    "r2d": "R2D", "fr2d": "f-R2D", "r3d": "R3D", "mc2": "MC2", "mc3": "MC3", "mc4": "MC4",
+    "mc5": "MC5", "rmc2": "rMC2", "rmc3": "rMC3", "rmc4": "rMC4", "rmc5": "rMC5",
+    "r2plus1d": "R(2+1)D",
+}
+
+
+def display_name(name):
+    arch, depth = MODELS[name]
+    return f"{DISPLAY_NAMES[arch]}-{depth}"
+
+
+def check_name(name):
+    if name not in MODELS:
+        close = [n for n in MODELS if n.split("_")[0] == str(name).split("_")[0]] or list(MODELS)
+        raise ValueError(f"Unknown network {name!r}. Registered networks: {', '.join(close)}.")
+
+
+DEFAULT_CLASSES = 400  # Kinetics-400
+DEFAULT_MIDPLANES = "per_conv"  # the paper's
+
+
+def build_network(
+    model_name,
+    include_top=True,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=None,
+    classifier_activation="softmax",
+    midplanes=None,
+    frames=None,
+    name=None,
+    **kwargs,
+):
+    """Builds the registered network `model_name`, randomly initialised; see
+    `keras_r21d.get_model` for the arguments."""
+    check_name(model_name)
+    classes = DEFAULT_CLASSES if classes is None else classes
+    midplanes = midplanes or DEFAULT_MIDPLANES
+    arch, depth = MODELS[model_name]
+    stem, stages = ARCHITECTURES[arch]
+    model = VideoResNet(
+        stem=stem, stages=stages, blocks=DEPTHS[depth], midplanes=midplanes, frames=frames,
+        include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
+        pooling=pooling, classes=classes, classifier_activation=classifier_activation,
+        name=name or model_name, **kwargs,
+    )
+    # What rebuilds this network, for presets (keras_r21d.save_preset).
+    builder_defaults = {k: v.default for k, v in inspect.signature(VideoResNet).parameters.items()}
+    model.keras_r21d_config = {
+        "architecture": model_name, "classes": classes, "include_top": include_top,
+        "midplanes": midplanes, "frames": model.input_shape[1] if stem == "r2d" else frames,
+        **{key: kwargs.get(key, builder_defaults[key])
+           for key in ("bn_epsilon", "bn_momentum", "widths", "stem_midplanes")},
+    }
+    return model

@@ -6,7 +6,7 @@ import os
 
 from keras_r21d.models import MODELS, build_network, check_name, display_name
 from keras_r21d.presets import pretrained_models, resolve_weights
-from keras_r21d.presets.files import load_preset
+from keras_r21d.presets.files import check_weights_file, load_preset
 
 
 def list_models(pattern=None, pretrained=None):
@@ -64,6 +64,7 @@ def _from_preset(model_name, weights, midplanes=None, frames=None, **kwargs):
 
 
 def load_weights_file(model, weights):
+    check_weights_file(weights, model)
     try:
         model.load_weights(weights)
     except ValueError as error:

@@ -1,6 +1,7 @@
 """A preset's config.json and metadata.json come from strangers: every key is checked
 before it reaches get_model, and each error names the file and what was wrong."""
 
+import functools
 import json
 import pathlib
 
@@ -171,3 +172,44 @@ def test_weights_declared_but_never_written_are_refused(preset, tmp_path):
     (target / WEIGHTS_FILE).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     with pytest.raises(ValueError, match=r"model\.weights\.h5' is not a readable HDF5 weights file"):
         load_preset(target)
+
+
+@pytest.mark.parametrize("changes", [{"classes": 5}, {"include_top": False, "pooling": "avg"}])
+def test_another_head_builds_one_model_and_keeps_every_other_weight(preset, monkeypatch, changes):
+    """As timm's load_pretrained: one network built, the classifier left new, every other
+    weight the preset's; the features equal those of the saved network."""
+    import keras
+
+    from keras_r21d import models
+
+    directory, saved = preset
+    builds, real = [], models.VideoResNet
+
+    @functools.wraps(real)
+    def counting(*args, **kwargs):
+        builds.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "VideoResNet", counting)
+    loaded = load_preset(directory, **changes)
+    assert len(builds) == 1
+    for layer in loaded.layers:
+        if layer.name != "fc":
+            for a, b in zip(layer.get_weights(), saved.get_layer(layer.name).get_weights(), strict=True):
+                np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(1).normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    features = keras.Model(saved.input, saved.get_layer("fc").input)
+    if "classes" in changes:
+        assert loaded.output_shape == (None, 5)
+        assert not np.array_equal(loaded.get_layer("fc").get_weights()[0][:, :3], saved.get_layer("fc").get_weights()[0])
+        np.testing.assert_array_equal(np.asarray(keras.Model(loaded.input, loaded.get_layer("fc").input)(x)),
+                                      np.asarray(features(x)))
+    else:
+        np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(features(x)))
+
+
+def test_a_weights_file_of_other_shapes_is_refused(preset, tmp_path):
+    directory, _ = preset
+    target, name = with_weights(directory, tmp_path, (7, 7), write=True)
+    with pytest.raises(ValueError, match=r"holds 187 arrays, r2plus1d_18 with 3 classes has 187 of other shapes \(\[\(7, 7\)\]\)"):
+        load_preset(target, classes=5)

@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import warnings
 
 from keras_r21d.models import MODELS, build_network
 
@@ -162,32 +163,48 @@ def read_metadata(directory):
     return metadata
 
 
-def check_weights_file(path, model):
-    """Refuses a `.weights.h5` that declares more data than `model`'s weights, or data it
-    does not hold, before Keras reads it (Keras reads each dataset whole, and an HDF5 file
-    of a few kB can declare gigabytes that read as zeros)."""
+def check_weights_file(path, model, classes=None):
+    """Refuses a `.weights.h5` that does not hold `model`'s weights (with a classifier of
+    `classes` classes; None: `model`'s own), before Keras reads it.
+
+    Keras reads each dataset whole, and an HDF5 file of a few kB can declare gigabytes
+    (that read as zeros), so only the file's declarations are read here: their size,
+    their shapes and whether their data is there.
+    """
     import h5py
     import numpy as np
 
-    expected = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights)
+    has_fc = any(layer.name == "fc" for layer in model.layers)
+    shapes = [tuple(v.shape) for v in model.weights if not (has_fc and v.path.startswith("fc/"))]
+    if classes is not None or has_fc:
+        features = model.get_layer("fc").kernel.shape[0] if has_fc else model.output_shape[-1]
+        classes = classes or model.get_layer("fc").kernel.shape[1]
+        shapes += [(features, classes), (classes,)]
+    expected = sum(math.prod(shape) for shape in shapes) * np.dtype(model.weights[0].dtype).itemsize
     datasets = []
     try:
         with h5py.File(path, "r") as f:
             # visititems walks each object once, whatever links point back to it.
             f.visititems(lambda name, item: datasets.append(
-                (name, item.nbytes, item.id.get_storage_size(), bool(item.compression)))
+                (name, item.shape, item.nbytes, item.id.get_storage_size(), bool(item.compression)))
                 if isinstance(item, h5py.Dataset) else None)
     except OSError as error:
         raise ValueError(f"{os.fspath(path)!r} is not a readable HDF5 weights file ({error}); "
                          "write it again with keras_r21d.save_preset.") from error
-    declared = sum(nbytes for _, nbytes, _, _ in datasets)
+    where, name = os.fspath(path), model.name
+    declared = sum(nbytes for _, _, nbytes, _, _ in datasets)
     if declared > expected + (1 << 20):
-        raise ValueError(
-            f"{os.fspath(path)!r} declares {declared / 2**20:.1f} MiB of weights; "
-            f"{model.name} has {expected / 2**20:.1f} MiB. The file is not this network's.")
-    empty = [name for name, nbytes, stored, compressed in datasets if stored < nbytes and not compressed]
+        raise ValueError(f"{where!r} declares {declared / 2**20:.1f} MiB of weights; {name} has "
+                         f"{expected / 2**20:.1f} MiB. The file is not this network's.")
+    found = sorted(tuple(shape) for _, shape, _, _, _ in datasets)
+    if found != sorted(shapes):
+        extra = sorted(set(found) - set(shapes)) or sorted(set(shapes) - set(found)) or "other counts"
+        raise ValueError(f"{where!r} holds {len(found)} arrays, {name} with {classes} classes has "
+                         f"{len(shapes)} of other shapes ({extra[:3] if isinstance(extra, list) else extra}): "
+                         "the file is not this network's, or its config.json was edited.")
+    empty = [name for name, _, nbytes, stored, compressed in datasets if stored < nbytes and not compressed]
     if empty:
-        raise ValueError(f"{os.fspath(path)!r} declares weights it does not hold ({empty[0]}"
+        raise ValueError(f"{where!r} declares weights it does not hold ({empty[0]}"
                          f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''}): the "
                          "file is damaged or was not written by Keras.")
 
@@ -239,21 +256,22 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
         )
 
-    source = build_network(arch, classes=preset_classes, frames=asked_frames, **config)
-    check_weights_file(directory / WEIGHTS_FILE, source)
-    source.load_weights(directory / WEIGHTS_FILE)
-
-    new_head = include_top and classes is not None and classes != preset_classes
-    if new_head and os.fspath(directory) not in _dropped_head_warned:
-        _dropped_head_warned.add(os.fspath(directory))
-        logging.getLogger("keras_r21d").warning(
-            "The preset %s has %d classes and %d were asked for: its classifier is dropped and a "
-            "new one initialised for fine-tuning.", os.fspath(directory), preset_classes, classes)
-    target = build_network(arch, include_top=include_top, frames=asked_frames,
-                       classes=classes or preset_classes, **config, **kwargs)
-    for layer in target.layers:
-        if not layer.weights or (new_head and layer.name == "fc"):
-            continue
-        layer.set_weights(source.get_layer(layer.name).get_weights())
-    target.preset_metadata = read_metadata(directory)
-    return target
+    model = build_network(arch, include_top=include_top, frames=asked_frames,
+                          classes=classes or preset_classes, **config, **kwargs)
+    weights = directory / WEIGHTS_FILE
+    check_weights_file(weights, model, preset_classes)
+    if include_top and model.get_layer("fc").kernel.shape[-1] == preset_classes:
+        model.load_weights(weights)
+    else:
+        if include_top and os.fspath(directory) not in _dropped_head_warned:
+            _dropped_head_warned.add(os.fspath(directory))
+            logging.getLogger("keras_r21d").warning(
+                "The preset %s has %d classes and %d were asked for: its classifier is dropped and a "
+                "new one initialised for fine-tuning.", os.fspath(directory), preset_classes, classes)
+        # Everything but the classifier: check_weights_file made sure the file holds this
+        # network's arrays and one classifier, so the classifier is all that is skipped.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(weights, skip_mismatch=True)
+    model.preset_metadata = read_metadata(directory)
+    return model

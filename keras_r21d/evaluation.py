@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from keras_r21d.data.preprocessing import CROP, RESIZE
+from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
 
 SPLITS = (1, 2, 3)
 TABLE_METRICS = ("clip@1", "video@1", "video@5")
@@ -146,7 +146,8 @@ def _predict(model, batch):
 
 
 def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, stride=1,
-                   class_names=None, progress=True, resize=RESIZE, crop=CROP):
+                   class_names=None, progress=True, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN,
+                   std=KINETICS_STD):
     """Clip- and video-level accuracy of a classifier on a list of videos.
 
     The clips come from `keras_r21d.data.clip_dataset(..., training=False)`:
@@ -165,6 +166,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         class_names: optional names of the model's classes, stored in the result.
         progress: show a tqdm progress bar.
         resize, crop: frame size before the center crop, and the crop's side.
+        mean, std: per-channel normalisation of 0..1 RGB.
 
     Returns:
         The dict of `video_metrics` plus `protocol` (frames, clips_per_video,
@@ -186,7 +188,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
                            clips_per_video=clips_per_video, with_video_index=True, resize=resize,
-                           crop=crop, skipped=(skipped := SkippedVideos()))
+                           crop=crop, mean=mean, std=std, skipped=(skipped := SkippedVideos()))
     model = inference_model(model)
     probs, labels, ids = [], [], []
     with tqdm(total=len(videos) * clips_per_video, unit="clip", disable=not progress,
@@ -377,16 +379,20 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     from keras_r21d.models.optimize import inference_model
 
     fast = inference_model(network)  # once for all splits (evaluate_model would redo it per split)
+    # The preprocessing the weights were trained with (stored with a preset), else Kinetics'.
+    stored = getattr(network, "preset_metadata", {}).get("preprocessing", {})
+    preprocessing = {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
+                     "mean": stored.get("mean", KINETICS_MEAN), "std": stored.get("std", KINETICS_STD)}
     per_split = {}
     for k in wanted:
         videos = split_lists.load_split(dataset, root, split=k, subset="test", splits_dir=splits_dir)
         per_split[k] = evaluate_model(fast, videos, frames=frames, clips_per_video=clips_per_video,
                                       batch_size=batch_size, stride=stride, class_names=names,
-                                      progress=progress)
+                                      progress=progress, **preprocessing)
     mean = {m: float(np.mean([r[m] for r in per_split.values()])) for m in TABLE_METRICS}
     mean.update(videos=sum(r["videos"] for r in per_split.values()),
                 clips=sum(r["clips"] for r in per_split.values()))
-    info, text = protocol(frames, clips_per_video, stride)
+    info, text = protocol(frames, clips_per_video, stride, preprocessing["resize"], preprocessing["crop"])
     result = {
         "dataset": dataset, "model": network.name,
         "weights": os.fspath(weights) if isinstance(model, str) and weights is not None else None,

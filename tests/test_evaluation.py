@@ -337,3 +337,26 @@ def test_evaluate_all_splits_with_the_real_loader_on_a_ucf101_tree(tiny_model, t
     assert result["class_names"] == names
     assert [result["splits"][k]["videos"] for k in (1, 2, 3)] == [3, 3, 3]
     assert result["mean"]["video@1"] == pytest.approx(np.mean([result["splits"][k]["video@1"] for k in (1, 2, 3)]))
+
+
+def test_evaluate_uses_the_preprocessing_stored_with_the_weights(tiny_videos, tiny_model, monkeypatch):
+    """A preset trained with other numbers: evaluate feeds its clips as the preset says,
+    checked against clips preprocessed independently with those numbers."""
+    from keras import ops
+
+    from keras_r21d.data.preprocessing import preprocess_input
+
+    stored = {"resize": [40, 53], "crop": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    monkeypatch.setattr(tiny_model, "preset_metadata", {"preprocessing": stored}, raising=False)
+    monkeypatch.setitem(sys.modules, "keras_r21d.data.splits", fake_split_loader(tiny_videos, ["a", "b", "c"]))
+    seen = []
+    real_predict = evaluation._predict
+    monkeypatch.setattr(evaluation, "_predict", lambda model, batch: seen.append(batch) or real_predict(model, batch))
+    result = evaluation.evaluate("ucf101", "/data/ucf", split=1, model=tiny_model, frames=4, clips_per_video=2,
+                                 batch_size=8, progress=False, verbose=False)
+    clips = np.stack([decode_all(path)[s:s + 4] for path, _ in tiny_videos
+                      for s in np.linspace(0, len(decode_all(path)) - 4, 2).round().astype(int)])
+    expected = ops.convert_to_numpy(preprocess_input(clips, **stored))
+    np.testing.assert_allclose(np.concatenate(seen), expected, atol=1e-4)
+    assert not np.allclose(expected, ops.convert_to_numpy(preprocess_input(clips)[..., :32, :32, :]), atol=1e-2)
+    assert "32x32 of 40x53" in result["protocol_text"]

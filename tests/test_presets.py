@@ -179,6 +179,22 @@ def test_manifest_covers_every_paper_network():
         "r2plus1d_18_kinetics400_caffe2_8f"]
 
 
+def test_manifest_writes_the_kinetics_preprocessing_once():
+    """REFERENCE section 4's numbers, in the manifest's defaults only; an entry may override them."""
+    import importlib.resources
+
+    raw = json.loads((importlib.resources.files("keras_r21d.weights") / "presets.json").read_text())
+    kinetics = {"resize": [128, 171], "crop": 112, "mean": [0.43216, 0.394666, 0.37645],
+                "std": [0.22803, 0.22145, 0.216989]}
+    assert raw["defaults"] == {"preprocessing": kinetics}
+    assert not any("preprocessing" in e for e in raw["presets"])
+    own = {"resize": [64, 64], "crop": 56, "mean": [0.5] * 3, "std": [0.5] * 3}
+    first, second = presets._entries({**raw, "presets": [raw["presets"][0], {**raw["presets"][1], "preprocessing": own}]})
+    assert first["preprocessing"] == kinetics and second["preprocessing"] == own
+    first["preprocessing"]["crop"] = 1  # entries do not share the defaults' dicts
+    assert presets._entries(raw)[0]["preprocessing"]["crop"] == 112
+
+
 def test_manifest_entries_are_consistent():
     registered = set(keras_r21d.list_models())
     preprocessing = {"resize": [128, 171], "crop": 112, "mean": [0.43216, 0.394666, 0.37645],

@@ -91,6 +91,8 @@ def clip_dataset(
     clips_per_video=10,
     resize=RESIZE,
     crop=CROP,
+    mean=KINETICS_MEAN,
+    std=KINETICS_STD,
     scale_jitter=None,
     flip=True,
     shuffle=True,
@@ -115,6 +117,7 @@ def clip_dataset(
         clips_per_video: clips per video in evaluation (the paper: 10).
         resize: `(H, W)` the frames are resized to before cropping (None: keep).
         crop: side of the square crop.
+        mean, std: per-channel normalisation of 0..1 RGB (Kinetics' by default).
         scale_jitter: training only, `(min, max)` height of the resize, drawn per
             clip (the width keeps `resize`'s aspect); None: no scale jitter.
         flip: training only, random horizontal flips.
@@ -198,7 +201,7 @@ def clip_dataset(
             x = resize_crop_numpy(clip, size, top, left, (crop, crop))
             if flipped:
                 x = x[:, :, ::-1]
-            return normalize(x), labels[k]
+            return normalize(x, mean, std), labels[k]
         raise VideoReadError(f"None of the {len(paths)} videos could be read; see the log.")
 
     def eval_clips(path, label, index):
@@ -211,7 +214,7 @@ def clip_dataset(
             return empty, np.zeros(0, "int32"), np.zeros(0, "int32")
         size = resize or clips[0].shape[1:3]
         top, left = center_offsets(size, crop)
-        x = np.stack([normalize(resize_crop_numpy(c, size, top, left, (crop, crop))) for c in clips])
+        x = np.stack([normalize(resize_crop_numpy(c, size, top, left, (crop, crop)), mean, std) for c in clips])
         return x, np.full(len(clips), label, "int32"), np.full(len(clips), index, "int32")
 
     def load_train(position, random):

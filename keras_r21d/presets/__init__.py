@@ -69,9 +69,15 @@ def cache_dir():
 # ---------------------------------------------------------------- the manifest
 
 def _manifest():
-    """Every manifest entry, in manifest order (the one place that reads presets.json)."""
+    """Every manifest entry, in manifest order, with the manifest's `defaults` filled in
+    (the one place that reads presets.json)."""
     text = (importlib.resources.files("keras_r21d.weights") / "presets.json").read_text()
-    return json.loads(text)["presets"]
+    return _entries(json.loads(text))
+
+
+def _entries(manifest):
+    """The entries of a manifest dict, each with the manifest's `defaults` under its own keys."""
+    return [{**copy.deepcopy(manifest.get("defaults", {})), **entry} for entry in manifest["presets"]]
 
 
 def list_presets(model_name=None):

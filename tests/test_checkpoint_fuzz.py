@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_checkpoints import expected, replace_pickle, torch_save, write_safetensors
 
-from keras_r21d.checkpoints import (
+from keras_r21d.presets.checkpoints import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     detect_format,

@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 
 from test_checkpoints import blobs, replace_pickle, state_dict, torch_save
 
-from keras_r21d.checkpoints import (
+from keras_r21d.presets.checkpoints import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     read_checkpoint,

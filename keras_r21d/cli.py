@@ -126,16 +126,8 @@ def _predict(args):
 
 
 def _progress(items, disable):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # a plain loop that can still print
-        class tqdm(list):  # noqa: N801
-            def __init__(self, items, **_):
-                super().__init__(items)
+    from tqdm import tqdm
 
-            @staticmethod
-            def write(text, file=None):
-                print(text, file=file)
     return tqdm(items, disable=disable, unit="video")
 
 

@@ -16,7 +16,6 @@ videos), `evaluate` (dataset + split + network, behind `keras-r21d evaluate`) an
 """
 
 import importlib
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import pathlib
 import numpy as np
 
 from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+from keras_r21d.fileio import write_json
 
 SPLITS = (1, 2, 3)
 TABLE_METRICS = ("clip@1", "video@1", "video@5")
@@ -427,7 +427,5 @@ def write_outputs(result, output_dir):
     document["splits"] = {k: {key: value for key, value in metrics.items() if key != "class_names"}
                           for k, metrics in result["splits"].items()}
     path = output_dir / "metrics.json"
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(_json_ready(document), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, _json_ready(document))
     return {"metrics": path, "confusion": pngs}

@@ -34,26 +34,10 @@ import warnings
 import keras
 import numpy as np
 
+from keras_r21d.fileio import sha256_of, write_json, write_text
+
 CHECKPOINTS = "checkpoints"
 KEEP = 2  # checkpoints kept: the newest and a fallback
-
-
-def _write_text(path, text):
-    tmp = pathlib.Path(f"{path}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path, data):
-    _write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _settings_sha256(settings):
@@ -121,9 +105,9 @@ class _Checkpointer:
         # Mid-epoch, the metric variables hold the epoch's sums so far (loss x clips, clips, ...).
         metrics = {v.path: keras.ops.convert_to_numpy(v).tolist() for v in model.metrics_variables} \
             if batches_done else {}
-        _write_json(self.dir / f"{name}.json", {
+        write_json(self.dir / f"{name}.json", {
             "epoch": epoch, "batches_done": batches_done, "metrics": metrics,
-            "weights": weights.name, "sha256": _sha256(weights),
+            "weights": weights.name, "sha256": sha256_of(weights),
             "settings": self.settings, "settings_sha256": _settings_sha256(self.settings), "time": time.time()})
         self.kept = [n for n in self.kept if n != name][-(KEEP - 1):] + [name]
         keep = {f"{n}{suffix}" for n in self.kept for suffix in (".json", ".weights.h5")}
@@ -185,7 +169,7 @@ def _check_record(path):
         return "its settings do not match their sha256", None
     if not weights.is_file():
         return f"its weights file {weights.name} is missing", None
-    if _sha256(weights) != record["sha256"]:
+    if sha256_of(weights) != record["sha256"]:
         return f"{weights.name} does not match the sha256 in the record (truncated or overwritten)", None
     return None, dict(record, path=path, weights=weights)
 
@@ -246,7 +230,7 @@ def _drop_epochs_from(csv_path, epoch):
     if csv_path.is_file():
         header, *rows = csv_path.read_text().splitlines(keepends=True) or [""]
         firsts = [row.split(",", 1)[0] for row in rows]  # the epoch; not a number in a row cut short
-        _write_text(csv_path, header + "".join(row for row, first in zip(rows, firsts)
+        write_text(csv_path, header + "".join(row for row, first in zip(rows, firsts)
                                                if first.isdigit() and int(first) < epoch))
 
 
@@ -455,7 +439,7 @@ def finetune(
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         history.append({"epoch": epoch, "frames": clip_frames, **logs})
         if cluster.is_chief:
-            _write_json(history_path, history)  # before the checkpoint that says the epoch is done
+            write_json(history_path, history)  # before the checkpoint that says the epoch is done
             plot_history(history, run_dir / "curves.png")
         checkpointer.save(model, epoch + 1, 0)
     if len(skipped):

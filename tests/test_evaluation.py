@@ -10,8 +10,8 @@ import pytest
 from media import decode_all, write_video
 
 from keras_r21d import evaluation
-from keras_r21d.evaluation import plot_confusion, to_probabilities, video_metrics
 from keras_r21d.data.video import VideoReadError
+from keras_r21d.evaluation import plot_confusion, to_probabilities, video_metrics
 
 nan = np.nan
 

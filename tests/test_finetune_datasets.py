@@ -7,8 +7,8 @@ from conftest import SHARED_DATA
 from media import write_video
 from test_golden import GOLDEN
 
-from keras_r21d.presets.convert import convert_checkpoint
 from keras_r21d.evaluation import evaluate
+from keras_r21d.presets.convert import convert_checkpoint
 from keras_r21d.training import finetune
 
 SPLITS = SHARED_DATA / "splits"

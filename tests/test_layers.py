@@ -1,9 +1,8 @@
 """Layers against independent NumPy references written from PyTorch's definitions."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from conftest import randomize_batchnorm
 from numpy_reference import batchnorm, bn_params, conv3d, relu
 

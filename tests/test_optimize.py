@@ -134,8 +134,8 @@ def converted_r2plus1d(tmp_path_factory):
 
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason=f"real videos not found at {VIDEOS}")
 def test_fast_modes_keep_top1_and_probabilities_on_real_clips(converted_r2plus1d):
-    from keras_r21d.data.video import read_clip
     from keras_r21d.data.preprocessing import preprocess_input
+    from keras_r21d.data.video import read_clip
 
     files = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
     # Kinetics preprocessing (128x171 resize, 112 centre crop) of each video's first clip.

@@ -10,9 +10,9 @@ from media import decode_all
 from test_golden import GOLDEN
 
 from keras_r21d import cli
-from keras_r21d.presets.convert import convert_checkpoint
-from keras_r21d.inference import predict_video
 from keras_r21d.data.preprocessing import preprocess_input
+from keras_r21d.inference import predict_video
+from keras_r21d.presets.convert import convert_checkpoint
 from keras_r21d.presets.files import load_preset
 
 VIDEOS = SHARED_DATA / "videos"

@@ -23,14 +23,19 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from numpy_reference import bilinear_resize
+
 from keras_r21d.data import preprocessing
 from keras_r21d.data.preprocessing import (
-    CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, VideoPreprocessing, preprocess_input,
+    CROP,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    RESIZE,
+    VideoPreprocessing,
+    preprocess_input,
 )
 
 ATOL = 2e-6

@@ -137,9 +137,9 @@ def keras_side(args):
     import jax
     import keras
 
+    from keras_r21d.applications import get_model
     from keras_r21d.presets.checkpoints import read_checkpoint
     from keras_r21d.presets.convert import assign_weights, detect_layout, infer_architecture
-    from keras_r21d.applications import get_model
 
     tensors = read_checkpoint(args.checkpoint)
     layout = detect_layout(tensors, "torch")

@@ -121,9 +121,9 @@ def _real_clips(args, start=0):
 
     import numpy as np
 
+    from keras_r21d.data.preprocessing import preprocess_input
     from keras_r21d.data.splits import VIDEO_EXTENSIONS
     from keras_r21d.data.video import read_clip
-    from keras_r21d.data.preprocessing import preprocess_input
 
     files = sorted(p for p in pathlib.Path(args.videos).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
@@ -177,8 +177,8 @@ def main(argv=None):
 
     import numpy as np
 
-    from keras_r21d.machine import cpu_name
     from keras_r21d.evaluation import to_probabilities
+    from keras_r21d.machine import cpu_name
 
     workdir = tempfile.mkdtemp(prefix="bench_trials_")
     x = np.random.default_rng(0).normal(size=(args.batch, args.frames, args.size, args.size, 3))

@@ -91,7 +91,7 @@ def main(argv=None):
         os.environ["KERAS_R21D_CACHE"] = os.path.abspath(args.cache)
 
     from keras_r21d import presets
-    from keras_r21d.presets.convert import sha256_of
+    from keras_r21d.fileio import sha256_of
 
     entries = presets.list_presets()
     if args.only:

@@ -223,7 +223,7 @@ def _fetch_origin(entry, target, keep_download):
                 raise
             # Without a checksum the strict conversion is the check: a file that fails it is
             # taken as a bad download and removed, so that a retry fetches it again.
-            from keras_r21d.presets.convert import sha256_of
+            from keras_r21d.fileio import sha256_of
 
             received = f"{source.stat().st_size} bytes, sha256 {sha256_of(source)}" if source.is_file() else "?"
             source.unlink(missing_ok=True)
@@ -367,7 +367,7 @@ def download(url, dest, sha256=None, sha256_prefix=None, manual="", size=None, m
                 f"Wrong size for {url}: received {received} bytes, expected {size} (the manifest's size); "
                 f"nothing was written to {dest}. Retry. {manual}".rstrip()
             )
-        from keras_r21d.presets.convert import sha256_of
+        from keras_r21d.fileio import sha256_of
 
         # The bytes kept are checked, not the stream: what is renamed is what was verified.
         _check_digest(sha256_of(tmp), sha256, sha256_prefix, what=url, manual=manual)
@@ -457,7 +457,7 @@ def _setting(env, default):
 
 def _check_file(path, sha256, sha256_prefix, what, manual="", remove=True):
     """Checks the file at `path`; on a mismatch deletes it (with `remove`) and raises."""
-    from keras_r21d.presets.convert import sha256_of
+    from keras_r21d.fileio import sha256_of
 
     try:
         _check_digest(sha256_of(path), sha256, sha256_prefix, what=what, manual=manual)
@@ -483,30 +483,9 @@ def _check_digest(actual, sha256=None, sha256_prefix=None, what="", manual=""):
         )
 
 
-class _PlainProgress:
-    def __init__(self, total, name):
-        self.total, self.name, self.done, self.shown = total, name, 0, -1
-
-    def update(self, n):
-        self.done += n
-        step = int(10 * self.done / self.total) if self.total else self.done >> 26
-        if step != self.shown:
-            self.shown = step
-            size = f"{self.done / 1e6:.1f}" + (f"/{self.total / 1e6:.1f}" if self.total else "")
-            print(f"\r{self.name}: {size} MB", end="", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        print(file=sys.stderr)
-
-
 def _progress(total, name):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _PlainProgress(total, name)
+    from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024)
 
 

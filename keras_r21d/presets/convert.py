@@ -15,7 +15,6 @@ Layouts:
     `last_out_L{classes}_{w,b}`; BN epsilon 1e-3, per-conv widths.
 """
 
-import hashlib
 import os
 import pathlib
 import re
@@ -23,6 +22,7 @@ import re
 import numpy as np
 
 from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+from keras_r21d.fileio import sha256_of
 from keras_r21d.models import MODELS, build_network
 from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS
 from keras_r21d.models.layers import midplanes as midplanes_formula
@@ -267,14 +267,6 @@ def detect_layout(tensors, file_format):
         return "torchvision"
     per_block = infer_architecture(tensors, "torchvision")["midplanes"] == "per_block"
     return "torchvision" if per_block else "ig65m"
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_checkpoint(src, output_dir, arch=None, layout=None, metadata=None):

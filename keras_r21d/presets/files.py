@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 
+from keras_r21d.fileio import write_json
 from keras_r21d.models import MODELS, build_network
 
 CONFIG_FILE = "config.json"
@@ -72,8 +73,8 @@ def save_preset(model, directory, metadata=None):
     staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache's presets from other users
     try:
         model.save_weights(staging / WEIGHTS_FILE)
-        _write_json(staging / CONFIG_FILE, config)
-        _write_json(staging / METADATA_FILE, metadata or {})
+        write_json(staging / CONFIG_FILE, config)
+        write_json(staging / METADATA_FILE, metadata or {})
         if (directory / MODEL_CARD).is_file():  # a card written by hand stays with the preset
             shutil.copy2(directory / MODEL_CARD, staging / MODEL_CARD)
         if directory.exists():
@@ -88,12 +89,6 @@ def save_preset(model, directory, metadata=None):
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return directory
-
-
-def _write_json(path, data):
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def is_preset_dir(path):

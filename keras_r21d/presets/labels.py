@@ -85,8 +85,8 @@ def kinetics400_labels(cache_dir=None, url=None):
     >>> names[0], len(names)  # doctest: +SKIP
     ('abseiling', 400)
     """
+    from keras_r21d.fileio import sha256_of
     from keras_r21d.presets import _locked, download
-    from keras_r21d.presets.convert import sha256_of
 
     url = url or KINETICS400_URL
     path = pathlib.Path(cache_root(cache_dir)) / CACHE_SUBDIR / KINETICS400_FILENAME

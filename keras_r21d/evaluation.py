@@ -178,14 +178,13 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
 
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
     from keras_r21d.data.video import VideoReadError
+    from keras_r21d.inference import clip_length
     from keras_r21d.models.optimize import inference_model
 
     videos = list(videos)
     if not videos:
         raise ValueError("`videos` is empty: pass a list of (video_path, label).")
-    fixed = model.input_shape[1] if len(model.input_shape) == 5 else None
-    if fixed is not None and fixed != frames:
-        raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
+    clip_length(model, frames)  # R2D's networks take exactly their own clip length
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
                            clips_per_video=clips_per_video, with_video_index=True, resize=resize,
                            crop=crop, mean=mean, std=std, skipped=(skipped := SkippedVideos()))

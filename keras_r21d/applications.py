@@ -64,8 +64,8 @@ def _from_preset(model_name, weights, midplanes=None, frames=None, **kwargs):
 
 
 def load_weights_file(model, weights):
-    check_weights_file(weights, model)
     try:
+        check_weights_file(weights, model)
         model.load_weights(weights)
     except ValueError as error:
         raise ValueError(

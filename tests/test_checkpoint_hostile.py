@@ -33,7 +33,7 @@ from keras_r21d.presets.checkpoints import (
     read_checkpoint,
 )
 
-MODULE = os.path.join(os.path.dirname(__file__), "..", "keras_r21d", "checkpoints.py")
+MODULE = os.path.join(os.path.dirname(__file__), "..", "keras_r21d", "presets", "checkpoints.py")
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ONE_FLOAT = np.float32(1.5).tobytes()
 

@@ -423,7 +423,7 @@ def test_reader_never_imports_torch(tmp_path):
              write_safetensors(tmp_path / "s.safetensors", {"a": torch.ones(2)})]
     (tmp_path / "c.pkl").write_bytes(py2_pickle.dumps({"blobs": blobs()}))
     paths.append(tmp_path / "c.pkl")
-    module = os.path.join(os.path.dirname(__file__), "..", "keras_r21d", "checkpoints.py")
+    module = os.path.join(os.path.dirname(__file__), "..", "keras_r21d", "presets", "checkpoints.py")
     script = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('ckpt', {module!r})\n"

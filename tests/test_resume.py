@@ -82,7 +82,7 @@ def checkpoint_files(out):
 def test_a_kill_between_the_weights_and_their_record_resumes_from_the_previous_checkpoint(
         videos, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    write_json = training._write_json
+    write_json = training.write_json
 
     def die_before_the_record_of_step_6(path, data):  # epoch 1, batch 2: the weights are written
         if path.name == "step-000000006.json":
@@ -90,7 +90,7 @@ def test_a_kill_between_the_weights_and_their_record_resumes_from_the_previous_c
         write_json(path, data)
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_write_json", die_before_the_record_of_step_6)
+        patch.setattr(training, "write_json", die_before_the_record_of_step_6)
         with pytest.raises(Interrupted):
             run(videos, out)
     assert checkpoint_files(out) == ["step-000000004.json", "step-000000004.weights.h5",
@@ -165,7 +165,7 @@ def write_checkpoint(folder, step, settings=None, weights=b"weights"):
     """A checkpoint as `_Checkpointer.save` writes it (the weights need not be HDF5 here)."""
     settings = settings or {"batch_size": 2}
     (folder / f"step-{step:09d}.weights.h5").write_bytes(weights)
-    training._write_json(folder / f"step-{step:09d}.json", {
+    training.write_json(folder / f"step-{step:09d}.json", {
         "epoch": 0, "batches_done": step, "metrics": {}, "weights": f"step-{step:09d}.weights.h5",
         "sha256": hashlib.sha256(weights).hexdigest(), "settings": settings,
         "settings_sha256": training._settings_sha256(settings)})

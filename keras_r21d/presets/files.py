@@ -163,8 +163,9 @@ def check_weights_file(path, model, classes=None):
     `classes` classes; None: `model`'s own), before Keras reads it.
 
     Keras reads each dataset whole, and an HDF5 file of a few kB can declare gigabytes
-    (that read as zeros), so only the file's declarations are read here: their size,
-    their shapes and whether their data is there.
+    (that read as zeros), so only the file's declarations are read here: their size
+    (at most 4x the network's, for an optimizer's state saved with it), the shapes of the
+    network's arrays and whether their data is there.
     """
     import h5py
     import numpy as np
@@ -188,15 +189,18 @@ def check_weights_file(path, model, classes=None):
                          "write it again with keras_r21d.save_preset.") from error
     where, name = os.fspath(path), model.name
     declared = sum(nbytes for _, _, nbytes, _, _ in datasets)
-    if declared > expected + (1 << 20):
+    # A file saved from a compiled model also holds the optimizer's state (Adam: two
+    # slots per weight), under "optimizer/": allowed, within the bound.
+    if declared > 4 * expected + (1 << 20):
         raise ValueError(f"{where!r} declares {declared / 2**20:.1f} MiB of weights; {name} has "
-                         f"{expected / 2**20:.1f} MiB. The file is not this network's.")
-    found = sorted(tuple(shape) for _, shape, _, _, _ in datasets)
+                         f"{expected / 2**20:.1f} MiB (4x that with an optimizer's state). The file is not "
+                         "this network's.")
+    found = sorted(tuple(shape) for key, shape, _, _, _ in datasets if key.startswith("layers/"))
     if found != sorted(shapes):
         extra = sorted(set(found) - set(shapes)) or sorted(set(shapes) - set(found)) or "other counts"
         raise ValueError(f"{where!r} holds {len(found)} arrays, {name} with {classes} classes has "
                          f"{len(shapes)} of other shapes ({extra[:3] if isinstance(extra, list) else extra}): "
-                         "the file is not this network's, or its config.json was edited.")
+                         "it was saved from another network, class count or input channel count.")
     empty = [name for name, _, nbytes, stored, compressed in datasets if stored < nbytes and not compressed]
     if empty:
         raise ValueError(f"{where!r} declares weights it does not hold ({empty[0]}"

@@ -98,6 +98,7 @@ def test_int8_tflite_is_quantized_and_close(tmp_path, rng):
         export_model(model, tmp_path / "bad.onnx", "onnx", frames=FRAMES, size=SIZE, int8_calibration=calibration)
 
 
+@pytest.mark.slow  # 45 s; int8 calibration on clips is checked by test_int8_tflite_is_quantized_and_close
 def test_cli_int8_calibrates_on_videos(tmp_path, capsys):
     from tests.media import random_videos
 

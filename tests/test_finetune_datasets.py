@@ -50,7 +50,9 @@ def write_listed_videos(root, lists, dataset):
         write_video(root / rel, rng.integers(0, 255, (8, 32, 40, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51"])
+# HMDB51 is slow-only (50 s): after load_split, which tests/test_splits.py checks for both
+# datasets, fine-tuning does not depend on the dataset.
+@pytest.mark.parametrize("dataset", ["ucf101", pytest.param("hmdb51", marks=pytest.mark.slow)])
 def test_finetune_then_evaluate_from_a_converted_preset(tmp_path, dataset):
     root, lists, names = (mini_ucf101 if dataset == "ucf101" else mini_hmdb51)(tmp_path)
     write_listed_videos(root, lists, dataset)

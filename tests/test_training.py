@@ -70,6 +70,9 @@ class Interrupted(Exception):
     pass
 
 
+# Slow (2.5 min): the same claim is checked in the default suite by tests/test_resume.py
+# (bit-identical to an uninterrupted run after a kill mid-epoch) and test_a_killed_process_resumes.
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [(1, 0), (1, 2)], ids=["between-epochs", "mid-epoch"])
 def test_resume_continues_where_it_stopped(videos, tmp_path, monkeypatch, stop_at):
     keras.utils.set_random_seed(0)

@@ -77,6 +77,21 @@ def _check_rank(layer, input_shape):
         )
 
 
+def torch_padding(kernel_size, strides, zero_padding):
+    """How to pad like PyTorch's symmetric `padding=zero_padding`: `(keras padding,
+    pad explicitly first)`. Keras's "same" agrees where the stride is 1 and the pad
+    (k - 1) / 2 (and needs no padded copy of the input); elsewhere it would put the
+    extra zero after the data, so the input is padded on both sides, then "valid"."""
+    if all(s == 1 and 2 * p == k - 1 for k, s, p in zip(kernel_size, strides, zero_padding)):
+        return "same", False
+    return "valid", any(zero_padding)
+
+
+def pad_symmetric(x, zero_padding):
+    """`x` (channels last, 5D) with `zero_padding` zeros on both sides of T, H and W."""
+    return ops.pad(x, [(0, 0)] + [(p, p) for p in zero_padding] + [(0, 0)])
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ZeroPaddedConv3D(layers.Conv3D):
     """3D convolution with PyTorch's symmetric zero padding.
@@ -113,16 +128,13 @@ class ZeroPaddedConv3D(layers.Conv3D):
         kernel_size = _triple(kernel_size, "kernel_size")
         strides = _triple(strides, "strides")
         self.zero_padding = _triple(zero_padding, "zero_padding")
-        same = all(s == 1 and 2 * p == k - 1 for k, s, p in zip(kernel_size, strides, self.zero_padding))
-        self._pad_explicitly = not same and any(self.zero_padding)
+        padding, self._pad_explicitly = torch_padding(kernel_size, strides, self.zero_padding)
         kwargs.setdefault("data_format", "channels_last")
-        super().__init__(
-            filters, kernel_size, strides=strides, padding="same" if same else "valid", **kwargs
-        )
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
 
     def call(self, inputs):
         if self._pad_explicitly:
-            inputs = ops.pad(inputs, [(0, 0)] + [(p, p) for p in self.zero_padding] + [(0, 0)])
+            inputs = pad_symmetric(inputs, self.zero_padding)
         return super().call(inputs)
 
     def compute_output_shape(self, input_shape):

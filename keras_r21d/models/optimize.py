@@ -13,7 +13,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from keras_r21d.models.layers import PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D
+from keras_r21d.models.layers import (
+    PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, pad_symmetric, torch_padding,
+)
 
 PRECISIONS = ("float32", "bfloat16")
 CHANNEL_MULTIPLE = 16  # AVX-512 holds 16 float32
@@ -83,14 +85,11 @@ class FusedConv(layers.Layer):
 
     @staticmethod
     def _conv(x, kernel, strides, pads):
-        """Convolution with PyTorch's symmetric zero padding: Keras "same" where the two
-        agree (stride 1, pad (k - 1) / 2; no padded copy of the input), else pad + "valid"."""
-        kernel_size = kernel.shape[:-2]
-        if all(s == 1 and 2 * p == k - 1 for k, s, p in zip(kernel_size, strides, pads)):
-            return ops.conv(x, kernel, strides, padding="same")
-        if any(pads):
-            x = ops.pad(x, [(0, 0)] + [(p, p) for p in pads] + [(0, 0)])
-        return ops.conv(x, kernel, strides, padding="valid")
+        """Convolution with PyTorch's symmetric zero padding (`torch_padding`)."""
+        padding, pad_first = torch_padding(kernel.shape[:-2], strides, pads)
+        if pad_first:
+            x = pad_symmetric(x, pads)
+        return ops.conv(x, kernel, strides, padding=padding)
 
     def call(self, inputs):
         x, residual = inputs if self.residual else (inputs, None)

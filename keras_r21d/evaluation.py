@@ -375,13 +375,11 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
     names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
     network = _build_model(model, weights, classes, frames, names, dataset)
+    from keras_r21d.inference import stored_preprocessing
     from keras_r21d.models.optimize import inference_model
 
     fast = inference_model(network)  # once for all splits (evaluate_model would redo it per split)
-    # The preprocessing the weights were trained with (stored with a preset), else Kinetics'.
-    stored = getattr(network, "preset_metadata", {}).get("preprocessing", {})
-    preprocessing = {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
-                     "mean": stored.get("mean", KINETICS_MEAN), "std": stored.get("std", KINETICS_STD)}
+    preprocessing = stored_preprocessing(network)  # the weights' own, else Kinetics'
     per_split = {}
     for k in wanted:
         videos = split_lists.load_split(dataset, root, split=k, subset="test", splits_dir=splits_dir)

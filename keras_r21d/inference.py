@@ -21,9 +21,17 @@ def video_clips(model, path, clips=10, frames=None):
     from keras_r21d.data.preprocessing import preprocess_input
     from keras_r21d.data.video import uniform_clips
 
-    options = {k: v for k, v in getattr(model, "preset_metadata", {}).get("preprocessing", {}).items()
-               if k in ("resize", "crop", "mean", "std")}
-    return preprocess_input(uniform_clips(path, clip_length(model, frames), clips), **options)
+    return preprocess_input(uniform_clips(path, clip_length(model, frames), clips), **stored_preprocessing(model))
+
+
+def stored_preprocessing(model):
+    """`resize`, `crop`, `mean`, `std` the weights of `model` were trained with (stored
+    with a preset), Kinetics' for what is not stored."""
+    from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+
+    stored = getattr(model, "preset_metadata", {}).get("preprocessing", {})
+    return {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
+            "mean": tuple(stored.get("mean", KINETICS_MEAN)), "std": tuple(stored.get("std", KINETICS_STD))}
 
 
 def predict_video(model, path, clips=10, frames=None, top=5, labels=None):

@@ -276,23 +276,7 @@ class _TorchSide(_Side):
                                                for dtype in dtypes}}
 
     def _network(self, name, seed, checkpoint):
-        """torchvision's network, seeded, with random BN statistics (as trained ones are);
-        its state_dict is written to `checkpoint` for the Keras side."""
-        torch = self.torch
-        from torchvision.models import video
-
-        torch.manual_seed(seed)
-        model = getattr(video, name)()
-        g = torch.Generator().manual_seed(seed)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                n = m.num_features
-                m.weight.data = torch.rand(n, generator=g) + 0.5
-                m.bias.data = torch.randn(n, generator=g) * 0.1
-                m.running_mean = torch.randn(n, generator=g) * 0.1
-                m.running_var = torch.rand(n, generator=g) + 0.5
-        torch.save(model.state_dict(), checkpoint)
-        return model
+        return seeded_torchvision(name, seed, checkpoint)
 
     def do_build(self, name, frames, size, checkpoint, seed=0, modes=None):
         import copy
@@ -359,6 +343,27 @@ class _TorchSide(_Side):
         self.runners, self.inputs = {}, {}
         gc.collect()
         return {}
+
+
+def seeded_torchvision(name, seed, checkpoint):
+    """torchvision's network `name`, seeded, with random BN statistics (as trained ones
+    are); its state_dict is written to `checkpoint` for the Keras side (also used by
+    tools/bench_gpu.py)."""
+    import torch
+    from torchvision.models import video
+
+    torch.manual_seed(seed)
+    model = getattr(video, name)()
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.1
+            m.running_mean = torch.randn(n, generator=g) * 0.1
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    torch.save(model.state_dict(), checkpoint)
+    return model
 
 
 def _serve(side):

@@ -75,19 +75,9 @@ def torch_step(net, optimizer, x, y, amp):
 
 def torch_side(args):
     import torch
-    from torchvision.models.video import r2plus1d_18
+    from bench import seeded_torchvision  # tools/ is the script's folder
 
-    torch.manual_seed(0)
-    model = r2plus1d_18()
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    torch.save(model.state_dict(), args.checkpoint)
+    model = seeded_torchvision("r2plus1d_18", 0, args.checkpoint)
     # CPU only to try the script out where no GPU is (the figures are meant for a GPU)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)

@@ -46,8 +46,9 @@ CACHE_SIZE = 16384
 # FFmpeg's decoder threading: none. With frame threads ("AUTO"), where a damaged file
 # ends was a matter of chance: of 20 decodes of one H.264 file with 64 corrupted bytes,
 # 1-2 flagged no frame as corrupt and gave all 200 frames, the others 99 (measured
-# with PyAV 14 here). One thread decodes UCF101/HMDB51-sized files as fast, and with
-# several parallel readers it also saves the per-open thread start-up.
+# with PyAV 14 here). Speed is no reason for them: six of ../shared/data's videos (1156
+# frames) decoded in 0.70-1.14 s with one thread and 0.96-1.09 s with frame threads
+# (2 cores of AMD EPYC Zen 3, AVX2; PyAV only, TensorFlow not involved; noisy runs).
 DECODER_THREADS = "NONE"
 # read_video's default bound on the decoded video, in bytes (a 720p frame is 2.6 MiB).
 MAX_VIDEO_BYTES = 4 << 30

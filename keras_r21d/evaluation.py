@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
 from keras_r21d.fileio import write_json
+from keras_r21d.models import metadata_of
 
 SPLITS = (1, 2, 3)
 TABLE_METRICS = ("clip@1", "video@1", "video@5")
@@ -301,7 +302,7 @@ def _build_model(model, weights, classes, frames, names, dataset):
             f"on {dataset} (a preset directory from `keras-r21d finetune`), or classes={len(names)} for a "
             "new, untrained classifier."
         )
-    labels = getattr(built, "preset_metadata", {}).get("labels")
+    labels = metadata_of(built).get("labels")
     if labels is not None and len(labels) == len(names) and list(labels) != list(names):
         first = next(i for i, (a, b) in enumerate(zip(labels, names)) if a != b)
         logging.getLogger("keras_r21d").warning(

@@ -10,6 +10,8 @@ convolutions (R3D, MCx, rMCx) keep them.
 import json
 import os
 
+from keras_r21d.models import metadata_of
+
 # format name -> Keras's `model.export` format
 FORMATS = {"savedmodel": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}
 SUFFIXES = {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
@@ -66,7 +68,7 @@ def export_model(model, path, format="savedmodel", frames=None, size=None, batch
             f"Export runs on the TensorFlow backend; this process uses {keras.backend.backend()!r}. "
             "Set KERAS_BACKEND=tensorflow before importing keras."
         )
-    metadata = getattr(model, "preset_metadata", {})
+    metadata = metadata_of(model)
     crop = metadata.get("preprocessing", {}).get("crop", 112)
     fixed_h, fixed_w, channels = model.input_shape[2:]
     frames = clip_length(model, frames)

@@ -2,13 +2,15 @@
 
 import numpy as np
 
+from keras_r21d.models import metadata_of
+
 DEFAULT_FRAMES = 16
 
 
 def clip_length(model, frames=None):
     """The clip length to feed `model`: asked, fixed by the network, trained with, or 16."""
     fixed = model.input_shape[1]
-    trained = getattr(model, "preset_metadata", {}).get("frames")
+    trained = metadata_of(model).get("frames")
     if frames is not None and fixed is not None and frames != fixed:
         raise ValueError(f"{model.name} takes clips of exactly {fixed} frames; received frames={frames}.")
     return frames or fixed or trained or DEFAULT_FRAMES
@@ -29,7 +31,7 @@ def stored_preprocessing(model):
     with a preset), Kinetics' for what is not stored."""
     from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
 
-    stored = getattr(model, "preset_metadata", {}).get("preprocessing", {})
+    stored = metadata_of(model).get("preprocessing", {})
     return {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
             "mean": tuple(stored.get("mean", KINETICS_MEAN)), "std": tuple(stored.get("std", KINETICS_STD))}
 
@@ -51,7 +53,7 @@ def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
     """
     from keras_r21d.presets.labels import decode_predictions
 
-    metadata = getattr(model, "preset_metadata", {})
+    metadata = metadata_of(model)
     frames = clip_length(model, frames)
     probs = np.asarray(model.predict(video_clips(model, path, clips, frames), batch_size=clips, verbose=0))
     labels = labels or metadata.get("labels")

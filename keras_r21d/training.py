@@ -292,7 +292,8 @@ def finetune(
         splits_dir: where the official split files are (default: beside root).
         train_videos, val_videos, labels: instead of a dataset, lists of
             `(path, label)` and the class names.
-        model: registry name, or a built `keras.Model`.
+        model: registry name, or a built `keras.Model` (a keras_r21d network ends
+            as a preset in preset/, any other model as model.keras).
         weights: pretrained weights for the backbone (preset, hf://, folder) or None.
         frames, stride: training clip length and temporal stride.
         resize, crop: frame size before cropping and the crop's side (the
@@ -337,6 +338,7 @@ def finetune(
     from keras_r21d.applications import get_model
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
     from keras_r21d.distributed import Cluster, setup
+    from keras_r21d.models import VideoResNet, registered_name
     from keras_r21d.presets.files import save_preset
 
     cluster = Cluster() if not distributed else setup(**(distributed if isinstance(distributed, dict) else {}))
@@ -360,10 +362,13 @@ def finetune(
     total_epochs = epochs + (long_epochs if long_frames else 0)
     steps_per_epoch = math.ceil(len(train_videos[shard[1]::shard[0]] if shard else train_videos) / batch_size)
 
+    if push_to_hub and not isinstance(model, (str, VideoResNet)):
+        raise ValueError(f"push_to_hub uploads a preset, which needs a keras_r21d network; {model.name!r} is a "
+                         f"{type(model).__name__}. Leave push_to_hub out (the run saves model.keras).")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
     model_name = model if isinstance(model, str) else \
-        getattr(model, "keras_r21d_config", {}).get("architecture", model.name)
+        (isinstance(model, VideoResNet) and registered_name(model.get_config())) or model.name
     # What decides the training trajectory; a run is resumed only with the same (the output
     # paths, logging, validation and checkpoint frequency may change).
     settings = json.loads(json.dumps({
@@ -460,6 +465,11 @@ def finetune(
             print(format_table({split: metrics}, protocol_text=metrics["protocol_text"]))
         write_outputs({"splits": {split: metrics}, "class_names": labels, "dataset": dataset,
                        "model": model_name, "protocol_text": metrics["protocol_text"]}, run_dir)
+    if not isinstance(model, VideoResNet):  # a model of the user's own: Keras's format keeps it whole
+        model.save(run_dir / "model.keras")
+        print(f"Saved {run_dir / 'model.keras'} ({model.name} is not a keras_r21d network, so no preset)")
+        return {"history": history, "preset": None, "run_dir": run_dir, "skipped": dict(skipped.reasons),
+                "model": model, "metrics": metrics}
     preset = save_preset(model, run_dir / "preset", {
         "labels": list(labels) if labels else None, "frames": long_frames or frames,
         "trained_from": weights if isinstance(weights, str) else None, "dataset": dataset,

@@ -347,12 +347,13 @@ def test_evaluate_uses_the_preprocessing_stored_with_the_weights(tiny_videos, ti
     from keras_r21d.data.preprocessing import preprocess_input
 
     stored = {"resize": [40, 53], "crop": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    monkeypatch.setattr(tiny_model, "preset_metadata", {"preprocessing": stored}, raising=False)
+    model = type(tiny_model).from_config({**tiny_model.get_config(), "metadata": {"preprocessing": stored}})
+    model.set_weights(tiny_model.get_weights())
     monkeypatch.setitem(sys.modules, "keras_r21d.data.splits", fake_split_loader(tiny_videos, ["a", "b", "c"]))
     seen = []
     real_predict = evaluation._predict
     monkeypatch.setattr(evaluation, "_predict", lambda model, batch: seen.append(batch) or real_predict(model, batch))
-    result = evaluation.evaluate("ucf101", "/data/ucf", split=1, model=tiny_model, frames=4, clips_per_video=2,
+    result = evaluation.evaluate("ucf101", "/data/ucf", split=1, model=model, frames=4, clips_per_video=2,
                                  batch_size=8, progress=False, verbose=False)
     clips = np.stack([decode_all(path)[s:s + 4] for path, _ in tiny_videos
                       for s in np.linspace(0, len(decode_all(path)) - 4, 2).round().astype(int)])

@@ -44,7 +44,7 @@ def test_a_valid_preset_loads_to_the_same_outputs(preset):
     x = np.random.default_rng(0).normal(size=(1, 4, 32, 32, 3)).astype("float32")
     loaded = load_preset(directory)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    assert loaded.preset_metadata["labels"] == ["a", "b", "c"]
+    assert loaded.metadata["labels"] == ["a", "b", "c"]
 
 
 BAD = [
@@ -54,11 +54,15 @@ BAD = [
     ("classes as text", {"classes": "3"}, "classes must be an integer >= 1; it is '3'"),
     ("classes as bool", {"classes": True}, "classes must be an integer >= 1"),
     ("widths of 3", {"widths": [4, 4, 8]}, "widths must be a list of 4 integers >= 1"),
-    ("negative width", {"widths": [4, -4, 8, 8]}, "widths must be a list of 4 integers >= 1"),
+    ("negative width", {"widths": [4, -4, 8, 8]}, "widths must be a list of integers >= 1, one per stage"),
     ("midplanes unknown", {"midplanes": "per_layer"}, "midplanes must be 'per_conv' or 'per_block'"),
     ("momentum 1", {"bn_momentum": 1}, "bn_momentum must be a number in [0, 1)"),
     ("epsilon 0", {"bn_epsilon": 0}, "bn_epsilon must be a number in (0, 1)"),
     ("frames 0", {"frames": 0}, "frames must be an integer >= 1 or null"),
+    ("no architecture, no table", {"architecture": None}, "missing keys ['stem', 'stages', 'blocks']"),
+    ("architecture and a table", {"stem": "3d"}, "a registered architecture comes with its own table"),
+    ("blocks of 3", {"architecture": None, "stem": "3d", "stages": ["3d"] * 4, "blocks": [1, 1, 1]},
+     "blocks must be a list of 4 integers >= 1, one per stage"),
 ]
 
 
@@ -109,13 +113,13 @@ def test_an_interrupted_save_over_a_preset_leaves_the_old_one_whole(preset, tmp_
         save_preset(other, target, {"labels": list("vwxyz")})
     loaded = load_preset(target)  # the old preset: its classes, its weights, its labels
     np.testing.assert_array_equal(outputs(loaded), outputs(model))
-    assert loaded.preset_metadata["labels"] == ["a", "b", "c"]
+    assert loaded.metadata["labels"] == ["a", "b", "c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]  # no staging folder left behind
     monkeypatch.undo()
     save_preset(other, target, {"labels": list("vwxyz")})  # the same save, not interrupted
     replaced = load_preset(target)
     np.testing.assert_array_equal(outputs(replaced), outputs(other))
-    assert replaced.preset_metadata["labels"] == list("vwxyz") and (target / "README.md").read_text() == "my card"
+    assert replaced.metadata["labels"] == list("vwxyz") and (target / "README.md").read_text() == "my card"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
 
 
@@ -193,6 +197,7 @@ def test_another_head_builds_one_model_and_keeps_every_other_weight(preset, monk
     monkeypatch.setattr(models, "VideoResNet", counting)
     loaded = load_preset(directory, **changes)
     assert len(builds) == 1
+    assert "labels" not in loaded.metadata  # they named the preset's classes
     for layer in loaded.layers:
         if layer.name != "fc":
             for a, b in zip(layer.get_weights(), saved.get_layer(layer.name).get_weights(), strict=True):
@@ -213,3 +218,42 @@ def test_a_weights_file_of_other_shapes_is_refused(preset, tmp_path):
     target, name = with_weights(directory, tmp_path, (7, 7), write=True)
     with pytest.raises(ValueError, match=r"holds 187 arrays, r2plus1d_18 with 3 classes has 187 of other shapes \(\[\(7, 7\)\]\)"):
         load_preset(target, classes=5)
+
+
+def test_settings_and_metadata_travel_in_the_keras_config(preset, tmp_path):
+    """A preset's network, saved as .keras and as an inference graph, reloads with the same
+    settings, metadata and outputs, with no attribute copied by hand."""
+    import keras
+
+    directory, model = preset
+    loaded = load_preset(directory)
+    loaded.save(tmp_path / "model.keras")
+    again = keras.saving.load_model(tmp_path / "model.keras")
+    x = np.random.default_rng(2).normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    assert again.get_config() == loaded.get_config() and again.metadata["labels"] == ["a", "b", "c"]
+    assert again.get_config()["widths"] == list(TINY["widths"]) and again.get_config()["classes"] == 3
+    np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(model(x)))
+    fast = keras_r21d.optimize_for_inference(again)
+    assert fast.metadata == again.metadata
+    fast.save(tmp_path / "fast.keras")
+    fast_again = keras.saving.load_model(tmp_path / "fast.keras")
+    assert fast_again.metadata["labels"] == ["a", "b", "c"] and fast_again.get_config() == fast.get_config()
+    np.testing.assert_allclose(np.asarray(fast_again(x)), np.asarray(model(x)), atol=1e-5)
+    # The preset written from the reloaded model is the preset it came from.
+    copy = save_preset(again, tmp_path / "copy")
+    for name in (CONFIG_FILE, METADATA_FILE):
+        assert json.loads((copy / name).read_text()) == json.loads((directory / name).read_text())
+
+
+def test_a_network_outside_the_registry_saves_and_loads_as_a_preset(tmp_path):
+    model = keras_r21d.VideoResNet(stem="2d", stages=("3d", "2d"), blocks=(1, 2), widths=(4, 8), classes=2,
+                                   input_shape=(4, 32, 32, 3), name="custom")
+    directory = save_preset(model, tmp_path / "custom", {"labels": ["x", "y"]})
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert config["architecture"] is None and config["stages"] == ["3d", "2d"] and config["blocks"] == [1, 2]
+    loaded = load_preset(directory)
+    x = np.random.default_rng(3).normal(size=(1, 4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
+    with pytest.raises(ValueError, match=r"outside the registry \(stem '2d', stages \['3d', '2d'\]\), not 'r3d_18'; load them with"):
+        load_preset(directory, model_name="r3d_18")

@@ -13,7 +13,7 @@ from conftest import randomize_batchnorm
 
 import keras_r21d
 from keras_r21d.applications import FACTORIES
-from keras_r21d.models import MODELS
+from keras_r21d.models import MODELS, registered_name
 
 TINY = (8, 32, 32, 3)
 ALL = list(MODELS)
@@ -79,6 +79,9 @@ def test_keras_file_round_trip(tmp_path, name):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
+    # The network's settings are its Keras config, and name it in the registry.
+    assert type(loaded) is keras_r21d.VideoResNet and loaded.get_config() == model.get_config()
+    assert registered_name(loaded.get_config()) == name
 
 
 def test_weights_file_loads_through_the_factory(tmp_path):

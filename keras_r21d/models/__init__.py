@@ -5,7 +5,7 @@ No files and no weights here: pretrained weights live in `keras_r21d.presets`, a
 `keras.applications`-style factories that join the two in `keras_r21d.applications`.
 """
 
-import inspect
+import keras
 
 from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS, VideoResNet
 
@@ -58,18 +58,26 @@ def build_network(
     midplanes = midplanes or DEFAULT_MIDPLANES
     arch, depth = MODELS[model_name]
     stem, stages = ARCHITECTURES[arch]
-    model = VideoResNet(
+    return VideoResNet(
         stem=stem, stages=stages, blocks=DEPTHS[depth], midplanes=midplanes, frames=frames,
         include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
         pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         name=name or model_name, **kwargs,
     )
-    # What rebuilds this network, for presets (keras_r21d.save_preset).
-    builder_defaults = {k: v.default for k, v in inspect.signature(VideoResNet).parameters.items()}
-    model.keras_r21d_config = {
-        "architecture": model_name, "classes": classes, "include_top": include_top,
-        "midplanes": midplanes, "frames": model.input_shape[1] if stem == "r2d" else frames,
-        **{key: kwargs.get(key, builder_defaults[key])
-           for key in ("bn_epsilon", "bn_momentum", "widths", "stem_midplanes")},
-    }
-    return model
+
+
+def registered_name(config):
+    """The registry name of a network with this Keras config (stem, stage conv types and
+    blocks), e.g. "r2plus1d_18"; None for a network outside the registry."""
+    for name, (arch, depth) in MODELS.items():
+        stem, stages = ARCHITECTURES[arch]
+        if (config.get("stem"), list(config.get("stages", ())), list(config.get("blocks", ()))) == (
+                stem, list(stages), list(DEPTHS[depth])):
+            return name
+    return None
+
+
+def metadata_of(model):
+    """The metadata stored with the weights of `model` (a VideoResNet or its inference
+    graph): class names, preprocessing, clip length; {} for any other model."""
+    return dict(getattr(model, "metadata", None) or {}) if isinstance(model, keras.Model) else {}

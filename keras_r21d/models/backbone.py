@@ -5,10 +5,19 @@ a classifier. R2D, f-R2D, R3D, MCx, rMCx and R(2+1)D differ only in the stem kin
 and in the conv type of each stage (Tran et al. 2018, Table 1 and Figure 1).
 """
 
+import json
+
 import keras
 from keras import layers
 
-from keras_r21d.models.layers import CONV_TYPES, MIDPLANES_CONVENTIONS, STEM_TYPES, BasicBlock, Stem
+from keras_r21d.models.layers import (
+    CONV_TYPES,
+    MIDPLANES_CONVENTIONS,
+    PACKAGE,
+    STEM_TYPES,
+    BasicBlock,
+    Stem,
+)
 
 # Stem kind and the conv type of conv2_x..conv5_x for each architecture of the paper.
 ARCHITECTURES = {
@@ -89,25 +98,11 @@ def resolve_input_shape(input_shape, input_tensor, frames, stem):
     return input_shape
 
 
-def VideoResNet(
-    stem="3d",
-    stages=("3d", "3d", "3d", "3d"),
-    blocks=(2, 2, 2, 2),
-    widths=DEFAULT_WIDTHS,
-    midplanes="per_conv",
-    stem_midplanes=45,
-    frames=None,
-    bn_epsilon=1e-3,
-    bn_momentum=0.9,
-    include_top=True,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=400,
-    classifier_activation="softmax",
-    name="video_resnet",
-):
-    """Builds a video ResNet of Tran et al. (CVPR 2018) as a functional `keras.Model`.
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VideoResNet(keras.Model):
+    """A video ResNet of Tran et al. (CVPR 2018): a functional `keras.Model` whose
+    Keras config is its settings, so `.keras` files, presets and inference graphs
+    rebuild it from them.
 
     Args:
         stem: "3d" (3x7x7), "2d" (1x7x7), "2plus1d" ((2+1)D with 45 mid channels)
@@ -123,62 +118,111 @@ def VideoResNet(
         bn_epsilon, bn_momentum: BN settings (Keras momentum = 1 - PyTorch's);
             Caffe2 and ig65m use epsilon 1e-3, torchvision 1e-5.
         include_top: whether to end with the classifier.
-        input_tensor: optional Keras tensor to use as the input.
+        input_tensor: optional Keras tensor to use as the input (the config
+            keeps its shape).
         input_shape: `(T, H, W, C)`; `None` entries allow any size.
         pooling: without the top, None (5D output of conv5), "avg" or "max".
         classes: number of classes of the classifier.
         classifier_activation: activation of the classifier (None for logits).
+        metadata: what a user of the weights needs (class names, preprocessing,
+            clip length, source), JSON-ready; presets fill it, `model.metadata`
+            reads it.
         name: model name.
 
-    Returns:
-        A `keras.Model` taking `(batch, T, H, W, C)` clips.
+    Call it on `(batch, T, H, W, C)` clips.
     """
-    if stem not in STEM_TYPES:
-        raise ValueError(f"Unknown stem {stem!r}; expected one of {STEM_TYPES}.")
-    stages = tuple(stages)
-    for conv_type in stages:
-        if conv_type not in CONV_TYPES:
-            raise ValueError(f"Unknown stage conv type {conv_type!r} in {stages!r}; expected {CONV_TYPES}.")
-    blocks = _check_positive_ints(blocks, "blocks")
-    widths = _check_positive_ints(widths, "widths")
-    if not len(stages) == len(blocks) == len(widths):
-        raise ValueError(
-            f"`stages`, `blocks` and `widths` need one entry per stage; received {len(stages)}, "
-            f"{len(blocks)} and {len(widths)} entries."
-        )
-    if midplanes not in MIDPLANES_CONVENTIONS:
-        raise ValueError(f"Unknown midplanes convention {midplanes!r}; expected one of {MIDPLANES_CONVENTIONS}.")
-    if frames is not None:
-        _check_positive_ints([frames], "frames")
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received {pooling!r}.")
-    if include_top and (not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0):
-        raise ValueError(f"`classes` must be a positive int when include_top=True; received {classes!r}.")
 
-    input_shape = resolve_input_shape(input_shape, input_tensor, frames, stem)
-    if stem == "r2d":
-        frames = input_shape[0]
-    inputs = input_tensor if input_tensor is not None else keras.Input(input_shape, name="clip")
+    def __init__(
+        self,
+        stem="3d",
+        stages=("3d", "3d", "3d", "3d"),
+        blocks=(2, 2, 2, 2),
+        widths=DEFAULT_WIDTHS,
+        midplanes="per_conv",
+        stem_midplanes=45,
+        frames=None,
+        bn_epsilon=1e-3,
+        bn_momentum=0.9,
+        include_top=True,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=400,
+        classifier_activation="softmax",
+        metadata=None,
+        name="video_resnet",
+        **kwargs,
+    ):
+        if stem not in STEM_TYPES:
+            raise ValueError(f"Unknown stem {stem!r}; expected one of {STEM_TYPES}.")
+        stages = tuple(stages)
+        for conv_type in stages:
+            if conv_type not in CONV_TYPES:
+                raise ValueError(f"Unknown stage conv type {conv_type!r} in {stages!r}; expected {CONV_TYPES}.")
+        blocks = _check_positive_ints(blocks, "blocks")
+        widths = _check_positive_ints(widths, "widths")
+        if not len(stages) == len(blocks) == len(widths):
+            raise ValueError(
+                f"`stages`, `blocks` and `widths` need one entry per stage; received {len(stages)}, "
+                f"{len(blocks)} and {len(widths)} entries."
+            )
+        if midplanes not in MIDPLANES_CONVENTIONS:
+            raise ValueError(f"Unknown midplanes convention {midplanes!r}; expected one of {MIDPLANES_CONVENTIONS}.")
+        if frames is not None:
+            _check_positive_ints([frames], "frames")
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received {pooling!r}.")
+        if include_top and (not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0):
+            raise ValueError(f"`classes` must be a positive int when include_top=True; received {classes!r}.")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"`metadata` must be a dict (or None); received {type(metadata).__name__}.")
 
-    common = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
-    x = Stem(stem, widths[0], frames=frames if stem == "r2d" else None, midplanes=stem_midplanes,
-             name="conv1", **common)(inputs)
-    for s, (conv_type, num_blocks, width) in enumerate(zip(stages, blocks, widths)):
-        for b in range(num_blocks):
-            stride = 2 if s > 0 and b == 0 else 1
-            x = BasicBlock(width, conv_type, stride, midplanes, name=block_name(s, b), **common)(x)
+        input_shape = resolve_input_shape(input_shape, input_tensor, frames, stem)
+        if stem == "r2d":
+            frames = input_shape[0]
+        inputs = input_tensor if input_tensor is not None else keras.Input(input_shape, name="clip")
 
-    if include_top:
-        x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
-        x = layers.Dense(
-            classes, activation=classifier_activation, name="fc",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        )(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling3D(name="max_pool")(x)
-    return keras.Model(inputs, x, name=name)
+        common = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
+        x = Stem(stem, widths[0], frames=frames if stem == "r2d" else None, midplanes=stem_midplanes,
+                 name="conv1", **common)(inputs)
+        for s, (conv_type, num_blocks, width) in enumerate(zip(stages, blocks, widths)):
+            for b in range(num_blocks):
+                stride = 2 if s > 0 and b == 0 else 1
+                x = BasicBlock(width, conv_type, stride, midplanes, name=block_name(s, b), **common)(x)
+
+        if include_top:
+            x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
+            x = layers.Dense(
+                classes, activation=classifier_activation, name="fc",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            )(x)
+        elif pooling == "avg":
+            x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
+        elif pooling == "max":
+            x = layers.GlobalMaxPooling3D(name="max_pool")(x)
+        super().__init__(inputs, x, name=name, **kwargs)
+
+        if classifier_activation is not None and not isinstance(classifier_activation, str):
+            classifier_activation = keras.activations.serialize(classifier_activation)
+        # Plain JSON values, stored outside Keras's attribute tracking.
+        self._settings = json.dumps(dict(
+            stem=stem, stages=list(stages), blocks=list(blocks), widths=list(widths), midplanes=midplanes,
+            stem_midplanes=stem_midplanes, frames=frames, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+            include_top=include_top, input_shape=list(input_shape), pooling=pooling, classes=classes,
+            classifier_activation=classifier_activation, metadata=metadata or {},
+        ))
+
+    @property
+    def metadata(self):
+        """What the weights' user needs: class names, preprocessing, clip length, source."""
+        return json.loads(self._settings)["metadata"]
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **json.loads(self._settings)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def stage_feature_model(model):

@@ -9,12 +9,21 @@ t x 1 x 1 one over (time, pixels); exact, and a (2+1)D graph then has no Conv3D.
 oneDNN runs the 3D form faster, so that is the default (measured; see the README).
 """
 
+import json
+
 import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_r21d.models.backbone import VideoResNet
 from keras_r21d.models.layers import (
-    PACKAGE, BasicBlock, Conv2Plus1D, Stem, ZeroPaddedConv3D, pad_symmetric, torch_padding,
+    PACKAGE,
+    BasicBlock,
+    Conv2Plus1D,
+    Stem,
+    ZeroPaddedConv3D,
+    pad_symmetric,
+    torch_padding,
 )
 
 PRECISIONS = ("float32", "bfloat16")
@@ -181,21 +190,58 @@ class _Builder:
         return self.unit(y, block.conv2, block.bn2, f"{block.name}_conv2", relu=True, residual=shortcut)
 
 
-def _chain(model):
-    """The layers of `model` after its input, checked to form a single chain."""
-    chain, previous = [], model.inputs[0] if len(model.inputs) == 1 else None
-    for layer in model.layers:
-        if isinstance(layer, layers.InputLayer):
-            continue
-        if previous is None or layer.input is not previous:
-            raise ValueError(
-                f"optimize_for_inference takes a network built by keras_r21d (one input, a chain "
-                f"of layers); layer {layer.name!r} of model {model.name!r} does not continue the "
-                f"chain. Optimise the keras_r21d backbone alone and wrap the result instead."
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InferenceGraph(keras.Model):
+    """The inference graph of a `VideoResNet` (see `optimize_for_inference`).
+
+    Its Keras config is the network's config plus `precision` and `conv2d_only`, so
+    a `.keras` file of it reloads (the graph is rebuilt from the network's settings,
+    then its weights are read), and it carries the network's `metadata`.
+    """
+
+    def __init__(self, network, precision="float32", conv2d_only=False, name=None, **kwargs):
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
+        if isinstance(network, dict):  # from a config: the weights come afterwards
+            network = VideoResNet.from_config(network)
+        if not isinstance(network, VideoResNet):
+            raise TypeError(
+                f"optimize_for_inference takes a network built by keras_r21d (a VideoResNet: a factory, "
+                f"get_model or a preset); received {type(network).__name__} {getattr(network, 'name', '')!r}. "
+                "Optimise the keras_r21d backbone alone and wrap the result instead."
             )
-        chain.append(layer)
-        previous = layer.output
-    return chain
+        builder = _Builder("mixed_bfloat16" if precision == "bfloat16" else "float32", conv2d_only)
+        inputs = keras.Input(network.input_shape[1:], name=network.inputs[0].name)
+        x, clones = inputs, []
+        for layer in [layer for layer in network.layers if not isinstance(layer, layers.InputLayer)]:
+            if isinstance(layer, Stem):
+                x = builder.stem(x, layer)
+            elif isinstance(layer, BasicBlock):
+                x = builder.block(x, layer)
+            else:  # pooling, classifier: copies, run in the original's precision
+                clone, weights = _clone(layer)
+                x = clone(x)
+                clones.append((clone, weights))
+        super().__init__(inputs, x, name=name or f"{network.name}_inference", **kwargs)
+        for layer, kernel, bias in builder.weights:
+            layer.kernel.assign(kernel)
+            layer.bias.assign(bias)
+        for clone, weights in clones:
+            clone.set_weights(weights)
+        self._settings = json.dumps(dict(network=network.get_config(), precision=precision,
+                                         conv2d_only=conv2d_only))
+
+    @property
+    def metadata(self):
+        """The metadata of the network this graph was made from."""
+        return json.loads(self._settings)["network"]["metadata"]
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **json.loads(self._settings)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def _clone(layer):
@@ -212,7 +258,7 @@ def optimize_for_inference(model, precision="float32", conv2d_only=False):
     original, and call this again afterwards.
 
     Args:
-        model: a network from `keras_r21d` (factory, `get_model`, `VideoResNet`,
+        model: a network from `keras_r21d` (a `VideoResNet`: factory, `get_model`,
             a preset), with or without its top.
         precision: "float32", or "bfloat16" (convolutions in bfloat16, the
             classifier and outputs in float32; faster only on CPUs with fast
@@ -221,7 +267,8 @@ def optimize_for_inference(model, precision="float32", conv2d_only=False):
             ones: (2+1)D networks then need no 3D convolution (TFLite export).
 
     Returns:
-        A `keras.Model`. Use it with `predict`, `predict_on_batch` or `__call__`.
+        An `InferenceGraph` (a `keras.Model` carrying `model`'s config and
+        metadata). Use it with `predict`, `predict_on_batch` or `__call__`.
 
     Example:
     >>> import keras_r21d
@@ -230,42 +277,14 @@ def optimize_for_inference(model, precision="float32", conv2d_only=False):
     >>> fast.output_shape
     (None, 5)
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
-    builder = _Builder("mixed_bfloat16" if precision == "bfloat16" else "float32", conv2d_only)
-    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    x, clones = inputs, []
-    for layer in _chain(model):
-        if isinstance(layer, Stem):
-            x = builder.stem(x, layer)
-        elif isinstance(layer, BasicBlock):
-            x = builder.block(x, layer)
-        else:  # pooling, classifier: copies, run in the original's precision
-            clone, weights = _clone(layer)
-            x = clone(x)
-            clones.append((clone, weights))
-    fast = keras.Model(inputs, x, name=f"{model.name}_inference")
-    for layer, kernel, bias in builder.weights:
-        layer.kernel.assign(kernel)
-        layer.bias.assign(bias)
-    for clone, weights in clones:
-        clone.set_weights(weights)
-    for attribute in ("keras_r21d_config", "preset_metadata"):
-        if hasattr(model, attribute):
-            setattr(fast, attribute, getattr(model, attribute))
-    return fast
+    return InferenceGraph(model, precision=precision, conv2d_only=conv2d_only)
 
 
 def inference_model(model):
-    """`optimize_for_inference(model)` for a keras_r21d network; any other model as it is.
+    """`optimize_for_inference(model)` for a keras_r21d network (a `VideoResNet`); any
+    other model, an inference graph included, as it is.
 
     What the predict and evaluate commands run, so users get the fast graph
-    without asking; float32, so the numbers are those of `model`. A model that is
-    already an inference graph comes back as it is (so callers may nest).
+    without asking; float32, so the numbers are those of `model`.
     """
-    if not isinstance(model, keras.Model) or any(isinstance(layer, FusedConv) for layer in model.layers):
-        return model
-    try:
-        return optimize_for_inference(model)
-    except (ValueError, TypeError):  # not a chain of keras_r21d blocks: nothing to fold
-        return model
+    return optimize_for_inference(model) if isinstance(model, VideoResNet) else model

@@ -15,7 +15,8 @@ import tempfile
 import warnings
 
 from keras_r21d.fileio import write_json
-from keras_r21d.models import MODELS, build_network
+from keras_r21d.models import ARCHITECTURES, MODELS, VideoResNet, build_network, registered_name
+from keras_r21d.models.layers import CONV_TYPES, STEM_TYPES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -23,24 +24,29 @@ METADATA_FILE = "metadata.json"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
 MODEL_CARD = "README.md"
 
-# Builder settings that change the weights' shapes or values, stored in config.json.
-CONFIG_KEYS = ("architecture", "classes", "midplanes", "frames", "bn_epsilon", "bn_momentum",
-               "widths", "stem_midplanes")
+# Settings that change the weights' shapes or values, stored in config.json: the registry
+# name, or for a network outside the registry its table (stem, stages, blocks).
+CONFIG_KEYS = ("architecture", "stem", "stages", "blocks", "classes", "midplanes", "frames", "bn_epsilon",
+               "bn_momentum", "widths", "stem_midplanes")
+TABLE_KEYS = ("stem", "stages", "blocks")
 
 _dropped_head_warned = set()
 
 
 def model_config(model):
-    """The config.json dict of a network built by keras_r21d (with its classifier)."""
-    config = getattr(model, "keras_r21d_config", None)
-    if config is None:
-        raise ValueError(
-            f"Model {model.name!r} was not built by keras_r21d.get_model or a factory, so its "
-            "architecture is unknown; build it with keras_r21d.get_model(...) to save a preset."
+    """The config.json dict of a keras_r21d network (with its classifier), from its Keras config."""
+    if not isinstance(model, VideoResNet):
+        raise TypeError(
+            f"Model {model.name!r} is a {type(model).__name__}, not a keras_r21d network (VideoResNet), so a "
+            "preset cannot rebuild it; build it with keras_r21d.get_model(...) or a factory, or save it "
+            "with model.save('model.keras')."
         )
-    if not config.get("include_top", True):
+    config = model.get_config()
+    if not config["include_top"]:
         raise ValueError("A preset stores a whole classifier; build the model with include_top=True.")
-    return {key: config[key] for key in CONFIG_KEYS if key in config}
+    architecture = registered_name(config)
+    keys = [key for key in CONFIG_KEYS if key != "architecture" and (architecture is None or key not in TABLE_KEYS)]
+    return {"architecture": architecture, **{key: config[key] for key in keys}}
 
 
 def save_preset(model, directory, metadata=None):
@@ -50,7 +56,7 @@ def save_preset(model, directory, metadata=None):
         model: a network built by `keras_r21d.get_model` or a factory.
         directory: where to write config.json, model.weights.h5, metadata.json.
         metadata: dict stored as metadata.json (e.g. `labels`, `preprocessing`,
-            `frames`, `source`).
+            `frames`, `source`); None stores the model's own `metadata`.
 
     An existing preset at `directory` is replaced whole (its README.md kept); a directory
     holding other files is refused.
@@ -74,7 +80,7 @@ def save_preset(model, directory, metadata=None):
     try:
         model.save_weights(staging / WEIGHTS_FILE)
         write_json(staging / CONFIG_FILE, config)
-        write_json(staging / METADATA_FILE, metadata or {})
+        write_json(staging / METADATA_FILE, model.metadata if metadata is None else metadata)
         if (directory / MODEL_CARD).is_file():  # a card written by hand stays with the preset
             shutil.copy2(directory / MODEL_CARD, staging / MODEL_CARD)
         if directory.exists():
@@ -107,14 +113,20 @@ def _number(value):
 # config.json's keys: (check, what it must be). A preset is a file from a stranger: every
 # key is checked before it reaches get_model, and no other key is accepted.
 _CONFIG_SCHEMA = {
-    "architecture": (lambda v: isinstance(v, str) and bool(v), "a registered network name"),
+    "architecture": (lambda v: v is None or v in MODELS,
+                     "a registered network name, or null with stem, stages and blocks"),
+    "stem": (lambda v: v in STEM_TYPES, f"one of {STEM_TYPES}"),
+    "stages": (lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(c in CONV_TYPES for c in v),
+               f"a list of 1 to 8 of {CONV_TYPES}"),
+    "blocks": (lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(_positive_int(b) and b <= 64 for b in v),
+               "a list of 1 to 8 integers in [1, 64]"),
     "classes": (_positive_int, "an integer >= 1"),
     "midplanes": (lambda v: v in ("per_conv", "per_block"), "'per_conv' or 'per_block'"),
     "frames": (lambda v: v is None or _positive_int(v), "an integer >= 1 or null"),
     "bn_epsilon": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
     "bn_momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "widths": (lambda v: isinstance(v, list) and len(v) == 4 and all(map(_positive_int, v)),
-               "a list of 4 integers >= 1"),
+    "widths": (lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(map(_positive_int, v)),
+               "a list of integers >= 1, one per stage"),
     "stem_midplanes": (_positive_int, "an integer >= 1"),
 }
 assert set(_CONFIG_SCHEMA) == set(CONFIG_KEYS)
@@ -135,15 +147,26 @@ def read_config(directory):
         raise ValueError(  # noqa: TRY004 - the file's content is wrong, not the caller's argument
             f"{os.fspath(path)!r} must hold a JSON object; it holds a {type(config).__name__}.")
     unknown = sorted(set(config) - set(_CONFIG_SCHEMA))
-    missing = [key for key in ("architecture", "classes") if key not in config]
+    required = ("architecture", "classes") + (TABLE_KEYS if config.get("architecture", "") is None else ())
+    missing = [key for key in required if key not in config]
     if unknown or missing:
         raise ValueError(f"{os.fspath(path)!r}: " + "; ".join(
             ([f"unknown keys {unknown} (allowed: {list(_CONFIG_SCHEMA)})"] if unknown else [])
             + ([f"missing keys {missing}"] if missing else [])) + ".")
+    table = [key for key in TABLE_KEYS if key in config]
+    if config["architecture"] is not None and table:
+        raise ValueError(f"{os.fspath(path)!r}: a registered architecture comes with its own table; "
+                         f"remove {table} or set architecture to null.")
     for key, value in config.items():
         check, expected = _CONFIG_SCHEMA[key]
-        if not check(value) or (key == "architecture" and value not in MODELS):
+        if not check(value):
             raise ValueError(f"{os.fspath(path)!r}: {key} must be {expected}; it is {value!r}.")
+    # One block count and one width per stage.
+    stages = config["stages"] if config["architecture"] is None else ARCHITECTURES[MODELS[config["architecture"]][0]][1]
+    for key in ("blocks", "widths"):
+        if key in config and len(config[key]) != len(stages):
+            raise ValueError(f"{os.fspath(path)!r}: {key} must be a list of {len(stages)} integers >= 1, one per "
+                             f"stage; it is {config[key]!r}.")
     return config
 
 
@@ -222,7 +245,8 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             `pooling`, `classifier_activation`, `name`, ...).
 
     Returns:
-        A `keras.Model` with `preset_metadata` (the metadata.json dict) attached.
+        A `VideoResNet` whose `metadata` is the metadata.json dict (less the class
+        names when the classifier is dropped).
     """
     directory = pathlib.Path(directory)
     if not is_preset_dir(directory):
@@ -232,6 +256,12 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
         )
     config = read_config(directory)
     arch = config.pop("architecture")
+    if model_name is not None and arch is None:
+        raise ValueError(
+            f"The weights in {os.fspath(directory)!r} are for a network outside the registry (stem "
+            f"{config['stem']!r}, stages {config['stages']}), not {model_name!r}; load them with "
+            f"keras_r21d.load_preset({os.fspath(directory)!r})."
+        )
     if model_name is not None and arch != model_name:
         raise ValueError(
             f"The weights in {os.fspath(directory)!r} are for {arch!r}, not {model_name!r}; "
@@ -241,7 +271,8 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
     trained_frames = config.pop("frames", None)
     asked_frames = kwargs.pop("frames", None)
     # Only R2D's weights fix the clip length; the others take any T.
-    if arch.startswith("r2d"):
+    stem = config["stem"] if arch is None else ARCHITECTURES[MODELS[arch][0]][0]
+    if stem == "r2d":
         if asked_frames not in (None, trained_frames):
             raise ValueError(f"These R2D weights span {trained_frames} frames; received frames={asked_frames}.")
         asked_frames = trained_frames
@@ -254,12 +285,16 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             + ", ".join(f"{key}={config[key]!r}" for key in clashes) + "; received "
             + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
         )
-
-    model = build_network(arch, include_top=include_top, frames=asked_frames,
-                          classes=classes or preset_classes, **config, **kwargs)
+    metadata = read_metadata(directory)
+    new_head = include_top and classes not in (None, preset_classes)
+    if new_head or not include_top:
+        metadata.pop("labels", None)  # they name the preset's classes, not these
+    settings = dict(include_top=include_top, frames=asked_frames, classes=classes or preset_classes,
+                    metadata=metadata, **config, **kwargs)
+    model = build_network(arch, **settings) if arch is not None else VideoResNet(**settings)
     weights = directory / WEIGHTS_FILE
     check_weights_file(weights, model, preset_classes)
-    if include_top and model.get_layer("fc").kernel.shape[-1] == preset_classes:
+    if include_top and not new_head:
         model.load_weights(weights)
     else:
         if include_top and os.fspath(directory) not in _dropped_head_warned:
@@ -272,5 +307,4 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.load_weights(weights, skip_mismatch=True)
-    model.preset_metadata = read_metadata(directory)
     return model

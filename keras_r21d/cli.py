@@ -125,6 +125,28 @@ def _predict(args):
     return 0
 
 
+def _extract(args):
+    from keras_r21d.data.splits import find_videos
+    from keras_r21d.features import extract_features
+
+    window, stride = args.window, args.stride
+    if args.unit == "frames":
+        if window != int(window) or (stride is not None and stride != int(stride)):
+            raise ValueError(f"With --unit frames, --window and --stride are whole frames; received {window} and "
+                             f"{stride}. Use --unit seconds for times.")
+        window, stride = int(window), None if stride is None else int(stride)
+    files = find_videos(args.videos)
+    if not files:
+        raise ValueError(f"No video found in {args.videos}.")
+    result = extract_features(
+        args.model, files, args.output, weights=args.weights, layer=args.layer, window=window, stride=stride,
+        fps=args.fps, unit=args.unit, short=args.short, tail=args.tail, batch_size=args.batch_size,
+        workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"Wrote {result['output']}: {result['videos']} videos, {result['windows']} windows extracted in this "
+          f"run, {result['resumed']} videos from an interrupted run, {len(result['skipped'])} skipped.")
+    return 1 if result["skipped"] else 0
+
+
 def _progress(items, disable):
     from tqdm import tqdm
 
@@ -235,6 +257,29 @@ def build_parser():
     predict.add_argument("--top", type=POSITIVE_INT, default=5)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(run=_predict)
+
+    extract = commands.add_parser("extract", help="clip features of every window of videos, into one HDF5 file")
+    extract.add_argument("videos", nargs="+", help="video files or folders of videos")
+    extract.add_argument("-o", "--output", required=True, help="the HDF5 file to write (e.g. features.h5)")
+    extract.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    extract.add_argument("--weights", default="kinetics400",
+                         help="preset name or alias, hf://owner/repo[@rev], preset folder or .weights.h5")
+    extract.add_argument("--layer", default="pool", choices=("pool", "conv1", "conv2", "conv3", "conv4", "conv5"),
+                         help="pool: the pooled clip embedding (default); convN: a stage's feature map")
+    extract.add_argument("--window", type=POSITIVE_FLOAT, default=16, help="window length (default 16 frames)")
+    extract.add_argument("--stride", type=POSITIVE_FLOAT, default=None, help="window step (default: the window)")
+    extract.add_argument("--unit", choices=("frames", "seconds"), default="frames", help="of --window and --stride")
+    extract.add_argument("--fps", type=POSITIVE_FLOAT, default=None,
+                         help="sample frames at this rate (default: the video's own frames)")
+    extract.add_argument("--short", choices=("loop", "pad"), default="loop",
+                         help="a video shorter than a window: loop over its frames or repeat the last")
+    extract.add_argument("--tail", choices=("shift", "pad", "drop"), default="shift",
+                         help="frames after the last full window: a window ending at the end, padded, or none")
+    extract.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="windows per network call")
+    extract.add_argument("--workers", type=POSITIVE_INT, default=2, help="decoding threads")
+    extract.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    extract.add_argument("--no-progress", action="store_true")
+    extract.set_defaults(run=_extract)
 
     evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
     evaluate.add_argument("dataset", choices=("ucf101", "hmdb51"))

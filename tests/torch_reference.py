@@ -5,8 +5,8 @@ Run in its own process (importing TensorFlow before torchvision crashes):
     python torch_reference.py OUT_DIR KIND [KIND ...]
 KIND is `torchvision:<r3d_18|mc3_18|r2plus1d_18>`, `ig65m` (R(2+1)D-34, per-conv widths,
 eps 1e-3) or `caffe2:<registry name>` (the paper's networks written as the Caffe2
-release's Python 2 pickle of blobs). Writes OUT_DIR/<file>, <file>.input.npy (NTHWC)
-and <file>.logits.npy.
+release's Python 2 pickle of blobs). Writes OUT_DIR/<file>, <file>.input.npy (NTHWC),
+<file>.logits.npy and <file>.features.npy (the classifier's input).
 """
 
 import os
@@ -151,10 +151,14 @@ def main(out_dir, kinds):
             torch.save(model.state_dict(), path)
         g = torch.Generator().manual_seed(100 + seed)
         x = torch.randn(2, 3, FRAMES, SIZE, SIZE, generator=g)
+        penultimate = []  # what the classifier receives: the pooled clip embedding
+        hook = model.fc.register_forward_pre_hook(lambda module, inputs: penultimate.append(inputs[0]))
         with torch.no_grad():
             logits = model(x).numpy()
+        hook.remove()
         np.save(path + ".input.npy", x.permute(0, 2, 3, 4, 1).numpy())
         np.save(path + ".logits.npy", logits)
+        np.save(path + ".features.npy", penultimate[0].numpy())
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ DECODER_THREADS = "NONE"
 MAX_VIDEO_BYTES = 4 << 30
 
 
+# The frame rate assumed for a file that states none and has no usable timestamps.
+DEFAULT_RATE = 25.0
+
+
 class VideoReadError(OSError):
     """A video file could not be opened or decoded."""
 
@@ -69,6 +73,7 @@ class _FrameIndex(NamedTuple):
     num_frames: int
     pts: np.ndarray = None
     keyframes: np.ndarray = None
+    times: np.ndarray = None  # presentation times, seconds from the first frame (see frame_times)
 
 
 _cache = collections.OrderedDict()
@@ -115,13 +120,17 @@ def _build_index(path):
     container, stream = _open(path)
     with container:
         frames = [(frame.pts, frame.key_frame) for frame in _decode(container, stream)]
+        time_base, rate = stream.time_base, stream.average_rate or stream.guessed_rate
     if not frames:
         raise VideoReadError(f"Cannot read video {path!r}: no frame decodes.")
     pts = [p for p, _ in frames]
-    if None in pts or any(b <= a for a, b in itertools.pairwise(pts)):
-        return _FrameIndex(len(frames))
+    if None in pts or any(b <= a for a, b in itertools.pairwise(pts)) or not time_base:
+        # No usable timestamps: frames shown at the stream's average rate.
+        times = np.arange(len(frames)) / float(rate or DEFAULT_RATE)
+        return _FrameIndex(len(frames), times=times)
     keyframes = np.flatnonzero([key for _, key in frames])
-    return _FrameIndex(len(frames), np.asarray(pts, "int64"), keyframes)
+    pts = np.asarray(pts, "int64")
+    return _FrameIndex(len(frames), pts, keyframes, (pts - pts[0]) * float(time_base))
 
 
 def _index(path):
@@ -254,6 +263,17 @@ def count_frames(path):
     and reads of the same file, use the cached index.
     """
     return _index(os.fspath(path)).num_frames
+
+
+def frame_times(path):
+    """When each frame of a video is shown: float64 seconds from the first frame, one per
+    decodable frame (`count_frames` of them), increasing.
+
+    From the frames' timestamps (pts x time base), so variable frame rates are kept;
+    a file whose timestamps cannot identify its frames (see the module docstring) is
+    taken to show them at its stream's average rate.
+    """
+    return _index(os.fspath(path)).times.copy()
 
 
 def read_video(path, max_bytes=MAX_VIDEO_BYTES):

@@ -13,13 +13,16 @@ arrays of any rank (stage feature maps are 4D per window) with attributes, and h
 already comes with Keras.
 """
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import pathlib
 import queue
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +34,8 @@ from keras_r21d.fileio import write_json
 
 FORMAT_VERSION = 1
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
-POOLED = "pool"  # the global average of conv5: the clip embedding before the classifier
+POOLED = "pool"
+RAY_RETRIES = 3  # the global average of conv5: the clip embedding before the classifier
 
 
 def feature_model(model, layer=POOLED):
@@ -65,8 +69,28 @@ def feature_model(model, layer=POOLED):
 
 
 def _key(path):
-    """The HDF5 key of a video: its absolute path, without the leading separator."""
-    return os.path.abspath(os.fspath(path)).lstrip(os.sep).replace(os.sep, "/")
+    """The HDF5 key of a video: its absolute path without the leading separator, or its
+    URL with "://" as "/" ("s3://bucket/a.mp4" -> "s3/bucket/a.mp4")."""
+    path = os.fspath(path)
+    if "://" in path:
+        return path.replace("://", "/", 1)
+    return os.path.abspath(path).lstrip(os.sep).replace(os.sep, "/")
+
+
+@contextlib.contextmanager
+def _local(path):
+    """A local file of the video at `path`: the path itself, or a temporary copy of an fsspec URL."""
+    if "://" not in path:
+        yield path
+        return
+    import fsspec
+
+    suffix = pathlib.PurePosixPath(path.split("://", 1)[1]).suffix
+    with tempfile.TemporaryDirectory(prefix="keras_r21d_video_") as folder:
+        local = os.path.join(folder, "video" + suffix)
+        with fsspec.open(path, "rb") as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        yield local
 
 
 def _part_name(key):
@@ -97,6 +121,8 @@ def extract_features(
     chunk=32,
     progress=True,
     overwrite=False,
+    cluster=None,
+    cluster_workers=2,
 ):
     """Features of every window of every video, written to one HDF5 file.
 
@@ -115,6 +141,17 @@ def extract_features(
         chunk: windows decoded at a time per video (bounds memory on long videos).
         progress: show a progress bar with videos/s and windows/s.
         overwrite: replace an existing `output` (otherwise refused).
+        cluster: None (this process), or a Ray cluster to spread the videos over:
+            "local" (a Ray cluster started here with `cluster_workers` workers),
+            "auto" (the running one) or "ray://host:port". Each Ray Data worker
+            holds its own copy of the network and writes the part files of its
+            videos (the part folder must be on a file system every worker sees);
+            a worker that dies is restarted and its videos redone; the HDF5 file
+            is assembled here. Needs `pip install "keras-r21d[cluster]"` (Ray).
+        cluster_workers: how many Ray workers (one network each).
+
+    Videos may be local paths or fsspec URLs ("file://", "s3://", "gs://", ...;
+    remote ones are copied to a temporary file to be decoded).
 
     Returns:
         dict: `output`, `videos` (extracted), `windows`, `resumed` (videos taken from
@@ -174,7 +211,11 @@ def extract_features(
     if done:
         print(f"Resuming: {len(done)} of {len(paths)} videos already extracted in {parts}.", file=sys.stderr)
     skipped = SkippedVideos()
-    counts = _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, skipped)
+    if cluster is None:
+        counts = _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, skipped)
+    else:
+        counts = _run_on_ray(cluster, cluster_workers, model, layer, todo, parts, protocol, batch_size, workers,
+                             chunk, skipped)
 
     _assemble(output, [p for p in paths if (parts / _part_name(_key(p))).is_file()], parts, settings,
               skipped.reasons)
@@ -204,19 +245,23 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
 
     def decode(path):
         try:
-            wins = windows(frame_times(path), protocol["window"], protocol["stride"], protocol["fps"],
-                           protocol["unit"], protocol["short"], protocol["tail"], source=path)
-            put(("plan", path, wins))
-            for i in range(0, len(wins), chunk):
-                part = wins[i:i + chunk]
-                clips = read_frames(path, np.concatenate([w.frames for w in part]))
-                clips = clips.reshape(len(part), len(part[0].frames), *clips.shape[1:])
-                put(("clips", path, np.asarray(preprocess_input(clips, **protocol["preprocessing"]))))
-                if stop.is_set():
-                    return
-            put(("end", path, None))
+            with _local(path) as local:
+                decode_local(path, local)
         except Exception as error:  # noqa: BLE001 - one bad video must not stop the others
             put(("error", path, f"{type(error).__name__}: {error}"))
+
+    def decode_local(path, local):
+        wins = windows(frame_times(local), protocol["window"], protocol["stride"], protocol["fps"],
+                       protocol["unit"], protocol["short"], protocol["tail"], source=path)
+        put(("plan", path, wins))
+        for i in range(0, len(wins), chunk):
+            part = wins[i:i + chunk]
+            clips = read_frames(local, np.concatenate([w.frames for w in part]))
+            clips = clips.reshape(len(part), len(part[0].frames), *clips.shape[1:])
+            put(("clips", path, np.asarray(preprocess_input(clips, **protocol["preprocessing"]))))
+            if stop.is_set():
+                return
+        put(("end", path, None))
 
     plans, ended, pending, owners = {}, set(), [], []
     counts = {"windows": 0}
@@ -273,6 +318,65 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return counts
+
+
+class _RayWorker:
+    """One Ray Data worker: its own copy of the network, the single-process loop over its videos."""
+
+    def __init__(self, config, weights, layer, parts, protocol, batch_size, threads, chunk):
+        import ray
+
+        from keras_r21d.models import VideoResNet
+
+        network = VideoResNet.from_config(config)
+        network.set_weights(ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights)
+        self.features = feature_model(network, layer)
+        self.settings = (pathlib.Path(parts), protocol, batch_size, threads, chunk)
+
+    def __call__(self, batch):
+        from keras_r21d.data.pipeline import SkippedVideos
+
+        parts, protocol, batch_size, threads, chunk = self.settings
+        skipped = SkippedVideos()
+        counts = _run(self.features, list(batch["path"]), parts, protocol, batch_size, threads, chunk, False, skipped)
+        return {"path": batch["path"], "error": [skipped.reasons.get(p, "") for p in batch["path"]],
+                "windows": [counts["windows"]] + [0] * (len(batch["path"]) - 1)}
+
+
+def _run_on_ray(address, num_workers, network, layer, todo, parts, protocol, batch_size, threads, chunk, skipped):
+    """The videos spread over `num_workers` Ray Data workers; their errors into `skipped`."""
+    try:
+        import ray
+    except ImportError as error:
+        raise RuntimeError('cluster= needs Ray: pip install "keras-r21d[cluster]".') from error
+    if not todo:
+        return {"windows": 0}
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = address == "local"
+        ray.init(address=None if local else address, num_cpus=num_workers if local else None,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        rows = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=min(len(todo), 4 * num_workers))
+        results = rows.map_batches(
+            _RayWorker, batch_size=max(1, math.ceil(len(todo) / (4 * num_workers))),
+            compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=1,
+            # A worker that dies (out of memory, a crashing decoder) is restarted and its shard redone.
+            ray_remote_args_fn=lambda: {"max_restarts": RAY_RETRIES, "max_task_retries": RAY_RETRIES},
+            fn_constructor_kwargs={
+                "config": network.get_config(), "weights": ray.put(network.get_weights()), "layer": layer,
+                "parts": os.fspath(parts), "protocol": protocol, "batch_size": batch_size, "threads": threads,
+                "chunk": chunk,
+            },
+        ).take_all()
+    finally:
+        if started_here:
+            ray.shutdown()
+    for row in results:
+        if row["error"]:
+            skipped.add(str(row["path"]), str(row["error"]))
+    return {"windows": int(sum(row["windows"] for row in results))}
 
 
 def _versions():

@@ -278,3 +278,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_a_ray_cluster_of_two_local_workers_gives_the_single_process_features(tiny_network, videos, tmp_path):
+    """Ray Data over 2 workers on 127.0.0.1, one network each, videos given as paths and as
+    fsspec file:// URLs, a missing one reported: the features are the single process's."""
+    pytest.importorskip("ray")
+    many = [tmp_path / f"copy{k}_{p.name}" for k in range(2) for p in videos]
+    for copy, source in zip(many, videos * 2):
+        copy.write_bytes(source.read_bytes())
+    single = extract_features(tiny_network, many, tmp_path / "single.h5", window=8, stride=5, progress=False)
+    urls = [f"file://{p}" for p in many[:2]] + [str(p) for p in many[2:]] + [str(tmp_path / "missing.mp4")]
+    spread = extract_features(tiny_network, urls, tmp_path / "ray.h5", window=8, stride=5, progress=False,
+                              cluster="local", cluster_workers=2)
+    assert spread["windows"] == single["windows"] and list(spread["skipped"]) == [str(tmp_path / "missing.mp4")]
+    with h5py.File(tmp_path / "single.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
+        for path, url in zip(many, urls):
+            one, other = a[os.path.abspath(path).lstrip("/")], b[url.replace("://", "/", 1) if "://" in url
+                                                                    else os.path.abspath(url).lstrip("/")]
+            for name in ("frames", "start", "end"):
+                np.testing.assert_array_equal(one[name][:], other[name][:])
+            # Other batch compositions round differently in oneDNN's kernels: float32 rounding apart.
+            np.testing.assert_allclose(one["features"][:], other["features"][:], rtol=0, atol=1e-6)

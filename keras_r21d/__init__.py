@@ -44,6 +44,7 @@ from keras_r21d.applications import (
 from keras_r21d.data.preprocessing import VideoPreprocessing, preprocess_input
 from keras_r21d.evaluation import evaluate
 from keras_r21d.export import export_model, load_exported
+from keras_r21d.features import extract_features
 from keras_r21d.inference import predict_video
 from keras_r21d.models.backbone import ARCHITECTURES, DEPTHS, VideoResNet, stage_feature_model
 from keras_r21d.models.complexity import count_macs, count_params
@@ -52,6 +53,7 @@ from keras_r21d.models.optimize import optimize_for_inference
 from keras_r21d.presets.convert import convert_checkpoint
 from keras_r21d.presets.files import load_preset, save_preset
 from keras_r21d.presets.labels import decode_predictions
+from keras_r21d.timeline import predict_timeline
 from keras_r21d.training import finetune
 
 __version__ = "0.1.0"

@@ -94,6 +94,13 @@ def _predict(args):
     from keras_r21d.inference import clip_length, predict_video
     from keras_r21d.models.optimize import inference_model
 
+    given = [flag for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps),
+                                      ("--unit", args.unit), ("--timeline-out", args.timeline_out))
+             if value is not None]
+    if given and not args.timeline:
+        raise ValueError(f"{', '.join(given)} only apply with --timeline (every window of each video).")
+    if args.timeline:
+        return _predict_timeline(args)
     model = inference_model(get_model(args.model, weights=args.weights, frames=args.frames))
     frames = clip_length(model, args.frames)
     files = find_videos(args.videos)
@@ -125,6 +132,84 @@ def _predict(args):
     return 0
 
 
+def _timeline_prefixes(prefix, files):
+    """`{video: output prefix}`: PREFIX for one video, PREFIX_STEM for each of several."""
+    import pathlib
+
+    if prefix is None:
+        return {}
+    if len(files) == 1:
+        return {files[0]: pathlib.Path(prefix)}
+    prefixes = {path: pathlib.Path(f"{prefix}_{pathlib.Path(path).stem}") for path in files}
+    stems = [p.name for p in prefixes.values()]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"--timeline-out {prefix} names each video's files PREFIX_STEM, but several videos are named "
+                         f"{repeated[0].removeprefix(pathlib.Path(prefix).name + '_')!r}; run them one at a time.")
+    return prefixes
+
+
+def _predict_timeline(args):
+    from keras_r21d.applications import get_model
+    from keras_r21d.data.splits import find_videos
+    from keras_r21d.inference import clip_length
+    from keras_r21d.models.optimize import inference_model
+    from keras_r21d.timeline import (
+        check_timeline_arguments,
+        plot_timeline,
+        predict_timeline,
+        timeline_json,
+        write_timeline_csv,
+        write_timeline_json,
+    )
+
+    unit = args.unit or "frames"
+    window, _ = check_timeline_arguments(args.window, args.stride, args.fps, unit, args.top)
+    files = find_videos(args.videos)
+    if not files:
+        raise ValueError(f"No video found in {args.videos}.")
+    prefixes = _timeline_prefixes(args.timeline_out, files)
+    # A --window in frames is also the clip length the network is built for (R2D fixes it).
+    model = inference_model(get_model(args.model, weights=args.weights,
+                                      frames=args.frames or (window if unit == "frames" else None)))
+    if unit == "frames":
+        clip_length(model, window)  # a window the network cannot take: refused once, not per video
+    progress = _progress(files, disable=args.json or len(files) == 1)
+    results, failed = {}, {}
+    for path in progress:
+        try:
+            result = predict_timeline(model, path, window=args.window, stride=args.stride, fps=args.fps, unit=unit,
+                                      top=args.top)
+            written, prefix = [], prefixes.get(path)
+            if prefix is not None:
+                prefix.parent.mkdir(parents=True, exist_ok=True)
+                written = [write_timeline_json(result, f"{prefix}.json"), write_timeline_csv(result, f"{prefix}.csv"),
+                           plot_timeline(result, f"{prefix}.png", top=args.top)]
+        except Exception as error:  # noqa: BLE001 - one bad video must not lose the others' results
+            failed[str(path)] = f"{type(error).__name__}: {error}"
+            progress.write(f"skipped {path}: {failed[str(path)]}", file=sys.stderr)  # stdout stays JSON
+            continue
+        results[str(path)] = result
+        if not args.json:
+            size = len(result["frames"][0])
+            rate = f" at {result['fps']:g} fps" if result["fps"] else ""
+            progress.write(f"{path}  ({len(result['times'])} windows of {size} frames{rate}, every "
+                           f"{result['stride']:g} {unit})")
+            for (start, end), top in zip(result["times"], result["top"]):
+                progress.write(f"  {start:.2f}-{end:.2f} s  " + ", ".join(f"{p:.1%} {name}" for _, name, p in top[:3]))
+            if written:
+                progress.write(f"Wrote {', '.join(map(str, written))}.")
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "weights": args.weights,
+            "timelines": {p: timeline_json(result) for p, result in results.items()}, "failed": failed,
+        }, indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(files)} videos could not be read.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _extract(args):
     from keras_r21d.data.splits import find_videos
     from keras_r21d.features import extract_features
@@ -141,7 +226,8 @@ def _extract(args):
     result = extract_features(
         args.model, files, args.output, weights=args.weights, layer=args.layer, window=window, stride=stride,
         fps=args.fps, unit=args.unit, short=args.short, tail=args.tail, batch_size=args.batch_size,
-        workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+        workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite, cluster=args.cluster,
+        cluster_workers=args.cluster_workers)
     print(f"Wrote {result['output']}: {result['videos']} videos, {result['windows']} windows extracted in this "
           f"run, {result['resumed']} videos from an interrupted run, {len(result['skipped'])} skipped.")
     return 1 if result["skipped"] else 0
@@ -256,6 +342,18 @@ def build_parser():
     predict.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length (default: the weights')")
     predict.add_argument("--top", type=POSITIVE_INT, default=5)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.add_argument("--timeline", action="store_true",
+                         help="score every window instead of uniform clips: the top classes over time")
+    predict.add_argument("--window", type=POSITIVE_FLOAT, default=None,
+                         help="timeline window length in --unit (default: the clip length, --frames or the weights')")
+    predict.add_argument("--stride", type=POSITIVE_FLOAT, default=None,
+                         help="timeline window step in --unit (default: the window)")
+    predict.add_argument("--fps", type=POSITIVE_FLOAT, default=None,
+                         help="timeline: sample frames at this rate (default: the video's own frames)")
+    predict.add_argument("--unit", choices=("frames", "seconds"), default=None,
+                         help="of --window and --stride (default frames)")
+    predict.add_argument("--timeline-out", metavar="PREFIX",
+                         help="write PREFIX.json, PREFIX.csv and PREFIX.png (several videos: PREFIX_STEM.*)")
     predict.set_defaults(run=_predict)
 
     extract = commands.add_parser("extract", help="clip features of every window of videos, into one HDF5 file")
@@ -277,6 +375,9 @@ def build_parser():
                          help="frames after the last full window: a window ending at the end, padded, or none")
     extract.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="windows per network call")
     extract.add_argument("--workers", type=POSITIVE_INT, default=2, help="decoding threads")
+    extract.add_argument("--cluster", default=None,
+                         help="spread the videos over a Ray cluster: local (started here), auto, or ray://host:port")
+    extract.add_argument("--cluster-workers", type=POSITIVE_INT, default=2, help="Ray workers, one network each")
     extract.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     extract.add_argument("--no-progress", action="store_true")
     extract.set_defaults(run=_extract)

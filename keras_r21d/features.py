@@ -380,13 +380,13 @@ def _run_on_ray(address, num_workers, network, layer, todo, parts, protocol, bat
 
 
 def _versions():
+    import importlib.metadata
+
     import av
     import h5py
     import keras
 
-    import keras_r21d
-
-    return {"keras_r21d": keras_r21d.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+    return {"keras_r21d": importlib.metadata.version("keras-r21d"), "keras": keras.__version__, "backend": keras.backend.backend(),
             "av": av.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
 
 

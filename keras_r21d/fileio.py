@@ -12,17 +12,22 @@ import pathlib
 import tempfile
 
 
-def write_text(path, text):
-    """Writes `text` to `path` atomically."""
+def write_bytes(path, data):
+    """Writes `data` (bytes) to `path` atomically."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared run folders and caches from others
         os.replace(tmp, path)
     finally:
         pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically (UTF-8)."""
+    write_bytes(path, text.encode())
 
 
 def write_json(path, data):

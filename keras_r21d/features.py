@@ -35,7 +35,8 @@ from keras_r21d.fileio import write_json
 FORMAT_VERSION = 1
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 POOLED = "pool"
-RAY_RETRIES = 3  # the global average of conv5: the clip embedding before the classifier
+RAY_RETRIES = 3
+DECODE_NICENESS = 10  # added to the decoding threads' niceness (see _lower_priority)  # the global average of conv5: the clip embedding before the classifier
 
 
 def feature_model(model, layer=POOLED):
@@ -244,6 +245,7 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
                 continue
 
     def decode(path):
+        _lower_priority()
         try:
             with _local(path) as local:
                 decode_local(path, local)
@@ -318,6 +320,15 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return counts
+
+
+def _lower_priority():
+    """Lowers this thread's scheduling priority (Linux schedules threads one by one), so
+    that decoding ahead never takes a core from the network: it fills the idle time."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: decoding still works
+        pass
 
 
 class _RayWorker:

@@ -280,18 +280,47 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         assert len([line for line in err.splitlines() if "error:" in line]) == 1
 
 
+def ray_worker_pids():
+    """Processes of Ray Data's map workers (Ray titles them ray::MapWorker(...))."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"MapWorker" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def test_a_ray_cluster_of_two_local_workers_gives_the_single_process_features(tiny_network, videos, tmp_path):
     """Ray Data over 2 workers on 127.0.0.1, one network each, videos given as paths and as
-    fsspec file:// URLs, a missing one reported: the features are the single process's."""
+    fsspec file:// URLs, a missing one reported, one worker killed mid-run: the features
+    are the single process's."""
+    import threading
+
     pytest.importorskip("ray")
-    many = [tmp_path / f"copy{k}_{p.name}" for k in range(2) for p in videos]
-    for copy, source in zip(many, videos * 2):
+    many = [tmp_path / f"copy{k}_{p.name}" for k in range(4) for p in videos]
+    for copy, source in zip(many, videos * 4):
         copy.write_bytes(source.read_bytes())
     single = extract_features(tiny_network, many, tmp_path / "single.h5", window=8, stride=5, progress=False)
     urls = [f"file://{p}" for p in many[:2]] + [str(p) for p in many[2:]] + [str(tmp_path / "missing.mp4")]
+    killed = []
+
+    def kill_a_worker_after_its_first_video():
+        parts, deadline = tmp_path / "ray.h5.parts", time.time() + 300
+        while time.time() < deadline and not (parts.is_dir() and any(parts.glob("*.npz"))):
+            time.sleep(0.02)
+        for pid in ray_worker_pids()[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_a_worker_after_its_first_video, daemon=True)
+    killer.start()
     spread = extract_features(tiny_network, urls, tmp_path / "ray.h5", window=8, stride=5, progress=False,
                               cluster="local", cluster_workers=2)
-    assert spread["windows"] == single["windows"] and list(spread["skipped"]) == [str(tmp_path / "missing.mp4")]
+    killer.join(timeout=10)
+    assert killed, "no Ray worker process was found to kill"
+    assert list(spread["skipped"]) == [str(tmp_path / "missing.mp4")] and spread["videos"] == len(many)
     with h5py.File(tmp_path / "single.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         for path, url in zip(many, urls):
             one, other = a[os.path.abspath(path).lstrip("/")], b[url.replace("://", "/", 1) if "://" in url

@@ -1,6 +1,8 @@
 """Video files for tests: writing generated clips and decoding files independently of the
 library (a plain sequential PyAV decode)."""
 
+import fractions
+
 import av
 import numpy as np
 
@@ -34,3 +36,26 @@ def random_videos(folder, count, frames=10, size=(40, 40), classes=None, seed=0)
         write_video(path, rng.integers(0, 255, (frames, *size, 3), dtype=np.uint8))
         videos.append((path, k % classes if classes else k))
     return videos
+
+
+def write_timed_video(path, frames, times_ms):
+    """An MPEG-4 video whose frame i is shown at times_ms[i] (a variable frame rate)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=1000)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for frame, t in zip(frames, times_ms):
+            image = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            image.pts, image.time_base = int(t), fractions.Fraction(1, 1000)
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def pyav_times(path):
+    """Exact frame times (Fractions, from the first frame) of a sequential PyAV decode."""
+    with av.open(str(path), metadata_errors="ignore") as container:
+        pts = [(f.pts, f.time_base) for f in container.decode(video=0)]
+    return [p * tb - pts[0][0] * pts[0][1] for p, tb in pts]

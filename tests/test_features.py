@@ -11,13 +11,12 @@ import subprocess
 import sys
 import time
 
-import av
 import h5py
 import keras
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from media import decode_all, write_video
+from media import decode_all, pyav_times, write_timed_video, write_video
 
 import keras_r21d
 from keras_r21d.data.preprocessing import preprocess_input
@@ -26,29 +25,6 @@ from keras_r21d.data.video import frame_times
 from keras_r21d.features import extract_features, feature_model
 
 TINY = {"widths": (4, 4, 8, 8)}
-
-
-def write_timed_video(path, frames, times_ms):
-    """An MPEG-4 video whose frame i is shown at times_ms[i] (a variable frame rate)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=1000)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = fractions.Fraction(1, 1000)
-        for frame, t in zip(frames, times_ms):
-            image = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            image.pts, image.time_base = int(t), fractions.Fraction(1, 1000)
-            for packet in stream.encode(image):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def pyav_times(path):
-    """Exact frame times (Fractions, from the first frame) of a sequential PyAV decode."""
-    with av.open(str(path), metadata_errors="ignore") as container:
-        pts = [(f.pts, f.time_base) for f in container.decode(video=0)]
-    return [p * tb - pts[0][0] * pts[0][1] for p, tb in pts]
 
 
 def reference_windows(times, fps, size, stride):
@@ -320,7 +296,7 @@ def test_a_ray_cluster_of_two_local_workers_gives_the_single_process_features(ti
                               cluster="local", cluster_workers=2)
     killer.join(timeout=10)
     assert killed, "no Ray worker process was found to kill"
-    assert list(spread["skipped"]) == [str(tmp_path / "missing.mp4")] and spread["videos"] == len(many)
+    assert list(spread["skipped"]) == [str(tmp_path / "missing.mp4")] and spread["videos"] == single["videos"] == len(many)
     with h5py.File(tmp_path / "single.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         for path, url in zip(many, urls):
             one, other = a[os.path.abspath(path).lstrip("/")], b[url.replace("://", "/", 1) if "://" in url

@@ -1,0 +1,169 @@
+"""Test-time protocols: the frames and crop boxes of every view against references written
+out here from torchvision's and mmaction2's published definitions."""
+
+import fractions
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from media import decode_all, pyav_times, write_video
+
+from keras_r21d.data.preprocessing import KINETICS_MEAN, KINETICS_STD, resize_crop_numpy
+from keras_r21d.data.protocols import (
+    PROTOCOLS, Protocol, clip_frames, clip_starts, crop_boxes, get_protocol, protocol_views, resized_size,
+)
+from keras_r21d.data.video import frame_times
+
+
+def samples_at(times, fps):
+    """Frame shown at each instant k / fps while the video plays (exact arithmetic)."""
+    end = times[-1] + (times[-1] - times[-2])
+    out, k = [], 0
+    while fractions.Fraction(k, 1) / fractions.Fraction(fps) < end:
+        instant = fractions.Fraction(k, 1) / fractions.Fraction(fps)
+        out.append(max(i for i, t in enumerate(times) if t <= instant))
+        k += 1
+    return out
+
+
+def torchvision_reference(times, fps=15, frames=16, clips=5):
+    """VideoClips(frames_per_clip=16, step_between_clips=1, frame_rate=15) then
+    UniformClipSampler(5): clips floor(linspace(0, n - 1, 5)) of the n windows."""
+    samples = samples_at(times, fps)
+    windows = [samples[s:s + frames] for s in range(len(samples) - frames + 1)]
+    picks = [math.floor(fractions.Fraction(i * (len(windows) - 1), clips - 1)) for i in range(clips)]
+    return [windows[p] for p in picks]
+
+
+def mmaction2_reference(count, clip_len, num_clips):
+    """SampleFrames(clip_len, frame_interval=1, num_clips, test_mode=True)._get_test_clips."""
+    avg_interval = (count - clip_len + 1) / float(num_clips)
+    if count > clip_len - 1:
+        base_offsets = np.arange(num_clips) * avg_interval
+        return (base_offsets + avg_interval / 2.0).astype(np.int32).tolist()
+    return [0] * num_clips
+
+
+@pytest.fixture(scope="module")
+def rate_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rates")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, fps in (("25", 25), ("29.97", fractions.Fraction(30000, 1001)), ("30", 30)):
+        paths[name] = folder / f"{name}.avi"
+        write_video(paths[name], rng.integers(0, 255, (75, 36, 48, 3), dtype=np.uint8), fps=fps)
+    return paths
+
+
+REAL = ["R6llTwEh07w.mp4", "SOX5yA1l24A.mp4", "v_SoccerJuggling_g23_c01.avi"]
+
+
+@pytest.mark.parametrize("video", ["25", "29.97", "30", *REAL])
+def test_torchvision_protocol_clips_are_videoclips_at_15_fps(rate_videos, video):
+    path = rate_videos.get(video) or SHARED_DATA / "videos" / video
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (../shared/data not mounted)")
+    got = clip_frames(frame_times(path), PROTOCOLS["torchvision"], 16)
+    assert got.tolist() == torchvision_reference(pyav_times(path))
+
+
+@pytest.mark.parametrize("count", [75, 40, 16, 9])
+def test_mmaction2_starts_are_the_middle_of_equal_segments(count):
+    assert clip_starts(count, 8, 10, "mmaction2") == mmaction2_reference(count, 8, 10)
+
+
+def test_paper_starts_are_uniform_and_cover_the_video():
+    assert clip_starts(100, 16, 10, "uniform") == [round(i * 84 / 9) for i in range(10)]
+    assert clip_starts(100, 16, 10, "uniform")[-1] == 100 - 16
+
+
+def three_crop_reference(img_h, img_w, crop):
+    """mmaction2 ThreeCrop.transform's offsets, (x, y) as there, returned as (top, left)."""
+    crop_w, crop_h = crop, crop
+    if crop_h == img_h:
+        w_step = (img_w - crop_w) // 2
+        offsets = [(0, 0), (2 * w_step, 0), (w_step, 0)]
+    else:
+        assert crop_w == img_w
+        h_step = (img_h - crop_h) // 2
+        offsets = [(0, 0), (0, 2 * h_step), (0, h_step)]
+    return [(y, x) for x, y in offsets]
+
+
+def ten_crop_reference(img_h, img_w, crop):
+    """mmaction2 TenCrop.transform's offsets (x, y), the five then the five flipped."""
+    w_step, h_step = (img_w - crop) // 4, (img_h - crop) // 4
+    offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
+    return [(y, x, False) for x, y in offsets] + [(y, x, True) for x, y in offsets]
+
+
+@pytest.mark.parametrize("height, width", [(112, 149), (149, 112), (112, 200), (112, 112)])
+def test_three_crops_are_mmaction2s(height, width):
+    assert [(t, le) for t, le, _ in crop_boxes(height, width, 112, 3)] == three_crop_reference(height, width, 112)
+
+
+@pytest.mark.parametrize("height, width", [(128, 171), (256, 340), (112, 112)])
+def test_ten_crops_are_mmaction2s(height, width):
+    assert crop_boxes(height, width, 112, 10) == ten_crop_reference(height, width, 112)
+
+
+def test_center_crop_is_torchvisions():
+    for height, width in [(128, 171), (129, 170), (112, 149)]:
+        top, left, flipped = crop_boxes(height, width, 112, 1)[0]
+        assert (top, left, flipped) == (int(round((height - 112) / 2.0)), int(round((width - 112) / 2.0)), False)
+
+
+def test_short_side_resize_is_mmcvs():
+    # mmcv.rescale_size((w, h), (inf, 112)): scale 112 / short side, each side int(x * scale + 0.5)
+    assert resized_size(240, 320, 112) == (112, int(320 * 112 / 240 + 0.5)) == (112, 149)
+    assert resized_size(320, 240, 112) == (149, 112)
+    assert resized_size(240, 320, (128, 171)) == (128, 171)
+
+
+def test_views_are_the_named_frames_and_boxes_preprocessed(rate_videos):
+    """Each view is the protocol's frames, resized, cropped at its box, flipped when asked
+    and normalised: checked view by view against frames decoded independently."""
+    path = rate_videos["25"]
+    frames = decode_all(path)
+    for protocol in (Protocol("ten", clips=2, crops=10, frames=8, resize=(64, 80), crop=56),
+                     Protocol("three", clips=3, crops=3, frames=8, resize=48, crop=48, sampling="mmaction2")):
+        views = protocol_views(path, protocol, 8)
+        numbers = clip_frames(frame_times(path), protocol, 8)
+        size = resized_size(*frames.shape[1:3], protocol.resize)
+        boxes = crop_boxes(*size, protocol.crop, protocol.crops)
+        assert views.shape == (protocol.clips * protocol.crops, 8, protocol.crop, protocol.crop, 3)
+        for k, view in enumerate(views):
+            top, left, flipped = boxes[k % protocol.crops]
+            expected = resize_crop_numpy(frames[numbers[k // protocol.crops]], size, top, left,
+                                         (protocol.crop, protocol.crop))
+            expected = (expected[:, :, ::-1] if flipped else expected) / 255.0
+            expected = (expected - np.asarray(KINETICS_MEAN)) / np.asarray(KINETICS_STD)
+            np.testing.assert_allclose(view, expected, atol=1e-5)
+
+
+def test_named_protocols_print_and_record_themselves():
+    assert str(PROTOCOLS["torchvision"]) == ("torchvision: 5 clips x 1 crop per video (torchvision spacing), "
+                                             "16 frames at 15 fps, resize 128x171, center crop 112")
+    assert "10 clips x 3 crops" in str(PROTOCOLS["mmaction2"]) and "short side 112" in str(PROTOCOLS["mmaction2"])
+    record = json.loads(json.dumps(PROTOCOLS["paper"].record()))
+    assert Protocol(**record) == PROTOCOLS["paper"]
+    assert get_protocol("paper") is PROTOCOLS["paper"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"crops": 5}, "`crops` must be one of"), ({"clips": 0}, "`clips` must be a positive integer"),
+    ({"fps": 0}, "`fps` must be a positive number"), ({"sampling": "random"}, "`sampling` must be one of"),
+    ({"resize": (100, 171)}, "crop 112 does not fit"),
+])
+def test_bad_protocols_say_what_is_allowed(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Protocol(**changes)
+    with pytest.raises(ValueError, match="Unknown protocol 'kinetics'; named protocols: torchvision, paper"):
+        get_protocol("kinetics")
+
+
+def test_three_crops_need_the_short_side_at_the_crop():
+    with pytest.raises(ValueError, match="resize the short side to the crop"):
+        crop_boxes(128, 171, 112, 3)

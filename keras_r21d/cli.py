@@ -242,10 +242,20 @@ def _progress(items, disable):
 def _evaluate(args):
     from keras_r21d.evaluation import evaluate
 
+    from keras_r21d.data.protocols import Protocol, get_protocol
+
+    protocol = None
+    custom = {key: value for key, value in (("clips", args.clips), ("crops", args.crops), ("fps", args.fps),
+                                             ("frames", args.frames), ("crop", args.crop)) if value is not None}
+    if args.resize is not None:
+        custom["resize"] = args.resize[0] if len(args.resize) == 1 else tuple(args.resize)
+    if args.protocol is not None or {"crops", "fps", "resize", "crop"} & set(custom):
+        named = get_protocol(args.protocol or "paper")
+        protocol = Protocol(**{**named.record(), **custom, "name": args.protocol or "custom"})
     evaluate(args.dataset, args.root, split=args.split, model=args.model, weights=_weights(args.weights),
-             frames=args.frames, clips_per_video=args.clips, batch_size=args.batch_size,
+             frames=args.frames or 16, clips_per_video=args.clips or 10, batch_size=args.batch_size,
              splits_dir=args.splits_dir, output_dir=args.output, classes=args.classes,
-             stride=args.stride, progress=not args.no_progress)
+             stride=args.stride, progress=not args.no_progress, protocol=protocol, annotations=args.annotations)
 
 
 def _weights(value):
@@ -383,16 +393,25 @@ def build_parser():
     extract.set_defaults(run=_extract)
 
     evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
-    evaluate.add_argument("dataset", choices=("ucf101", "hmdb51"))
+    evaluate.add_argument("dataset", choices=("ucf101", "hmdb51", "kinetics400", "kinetics600", "kinetics700"))
     evaluate.add_argument("root", help="folder of the dataset's videos")
-    evaluate.add_argument("--split", default="1", choices=("1", "2", "3", "all"),
-                          help="official split, or 'all' for the 3 splits and their mean")
+    evaluate.add_argument("--split", default="1", choices=("1", "2", "3", "all", "train", "validate", "test"),
+                          help="official split, or 'all' for the 3 splits and their mean; Kinetics: the CSV's "
+                               "split (default validate)")
+    evaluate.add_argument("--annotations", help="Kinetics: the official annotation CSV")
+    evaluate.add_argument("--protocol", choices=("torchvision", "paper", "mmaction2"),
+                          help="a named test protocol (the flags below override its parts)")
+    evaluate.add_argument("--crops", type=int, choices=(1, 3, 10), help="1 center, 3 (ThreeCrop) or 10 (TenCrop)")
+    evaluate.add_argument("--fps", type=POSITIVE_FLOAT, help="sample the videos at this frame rate")
+    evaluate.add_argument("--resize", type=POSITIVE_INT, nargs="+", metavar="SIDE",
+                          help="H W, or one short side (aspect kept)")
+    evaluate.add_argument("--crop", type=POSITIVE_INT, help="side of the square crops")
     evaluate.add_argument("--model", default="r2plus1d_18", choices=list_models())
     evaluate.add_argument("--weights", default="kinetics400",
                           help="preset name or alias, hf://owner/repo[@rev], preset folder, .weights.h5 "
                                "or 'none'")
-    evaluate.add_argument("--frames", type=POSITIVE_INT, default=16, help="clip length")
-    evaluate.add_argument("--clips", type=POSITIVE_INT, default=10, help="uniformly spaced clips per video")
+    evaluate.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length (default 16)")
+    evaluate.add_argument("--clips", type=POSITIVE_INT, default=None, help="clips per video (default 10)")
     evaluate.add_argument("--stride", type=POSITIVE_INT, default=1, help="temporal stride in a clip")
     evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="clips per forward pass")
     evaluate.add_argument("--splits-dir", help="folder of the official split lists")

@@ -24,6 +24,7 @@ import pathlib
 import numpy as np
 
 from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+from keras_r21d.data.splits import KINETICS
 from keras_r21d.fileio import write_json
 from keras_r21d.models import metadata_of
 
@@ -128,7 +129,7 @@ def to_probabilities(outputs):
 
 # ---------------------------------------------------------------- a model on a list of videos
 
-def protocol(frames=16, clips_per_video=10, stride=1, resize=RESIZE, crop=CROP):
+def uniform_protocol(frames=16, clips_per_video=10, stride=1, resize=RESIZE, crop=CROP):
     """The protocol dict and its one-line description, as printed and stored with numbers."""
     of = f"{resize[0]}x{resize[1]}" if resize else "the original frames"
     crop_text = f"center {crop}x{crop} of {of}"
@@ -148,7 +149,7 @@ def _predict(model, batch):
 
 def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, stride=1,
                    class_names=None, progress=True, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN,
-                   std=KINETICS_STD):
+                   std=KINETICS_STD, protocol=None):
     """Clip- and video-level accuracy of a classifier on a list of videos.
 
     The clips come from `keras_r21d.data.clip_dataset(..., training=False)`:
@@ -168,6 +169,11 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
         progress: show a tqdm progress bar.
         resize, crop: frame size before the center crop, and the crop's side.
         mean, std: per-channel normalisation of 0..1 RGB.
+        protocol: a named protocol ("torchvision", "paper", "mmaction2") or a
+            `keras_r21d.data.protocols.Protocol`: its clips, crops, frame rate,
+            resize and crop replace `clips_per_video`, `resize`, `crop` (and
+            `frames` when it fixes one); every view (clip x crop) counts as a clip
+            for clip@1, and video@k averages all views.
 
     Returns:
         The dict of `video_metrics` plus `protocol` (frames, clips_per_video,
@@ -185,6 +191,8 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     videos = list(videos)
     if not videos:
         raise ValueError("`videos` is empty: pass a list of (video_path, label).")
+    if protocol is not None:
+        return _evaluate_protocol(model, videos, protocol, frames, batch_size, class_names, progress, mean, std)
     clip_length(model, frames)  # R2D's networks take exactly their own clip length
     dataset = clip_dataset(videos, training=False, frames=frames, stride=stride, batch_size=batch_size,
                            clips_per_video=clips_per_video, with_video_index=True, resize=resize,
@@ -206,7 +214,64 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
             f"The model predicts {probs.shape[1]} classes but {len(class_names)} class names were given."
         )
     result = video_metrics(probs, np.concatenate(labels), np.concatenate(ids))
-    result["protocol"], result["protocol_text"] = protocol(frames, clips_per_video, stride, resize, crop)
+    result["protocol"], result["protocol_text"] = uniform_protocol(frames, clips_per_video, stride, resize, crop)
+    result["skipped"] = dict(sorted(skipped.reasons.items()))
+    if class_names is not None:
+        result["class_names"] = list(class_names)
+    return result
+
+
+def _evaluate_protocol(model, videos, protocol, frames, batch_size, class_names, progress, mean, std):
+    """`evaluate_model` under a `Protocol`: the views of each video (decoded on a thread
+    ahead of the network), their probabilities averaged per video."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from keras_r21d.data.pipeline import SkippedVideos
+    from keras_r21d.data.protocols import get_protocol, protocol_views
+    from keras_r21d.data.video import VideoReadError
+    from keras_r21d.inference import clip_length
+    from keras_r21d.models.optimize import inference_model
+
+    protocol = get_protocol(protocol)
+    frames = clip_length(model, protocol.frames or frames)
+    model = inference_model(model)
+    skipped = SkippedVideos()
+
+    def views(path):
+        try:
+            return protocol_views(path, protocol, frames, mean, std)
+        except (VideoReadError, ValueError) as error:
+            skipped.add(str(path), f"{type(error).__name__}: {error}")
+            return None
+
+    probs, labels, ids = [], [], []
+    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=len(videos), unit="video", disable=not progress,
+                                                         desc="evaluate", leave=False) as bar:
+        ahead = pool.submit(views, videos[0][0])
+        for index, (_, label) in enumerate(videos):
+            x = ahead.result()
+            if index + 1 < len(videos):  # the next video decodes while the network runs on this one
+                ahead = pool.submit(views, videos[index + 1][0])
+            bar.update(1)
+            if x is None:
+                continue
+            for start in range(0, len(x), batch_size):
+                probs.append(to_probabilities(_predict(model, x[start:start + batch_size])).astype("float32"))
+            labels += [label] * len(x)
+            ids += [index] * len(x)
+    if not probs:
+        raise VideoReadError(f"None of the {len(videos)} videos could be decoded. {skipped.summary()}")
+    probs = np.concatenate(probs)
+    if class_names is not None and len(class_names) != probs.shape[1]:
+        raise ValueError(
+            f"The model predicts {probs.shape[1]} classes but {len(class_names)} class names were given."
+        )
+    result = video_metrics(probs, np.asarray(labels), np.asarray(ids))
+    result["protocol"] = {**protocol.record(), "frames": frames}
+    result["protocol_text"] = (f"{protocol} ({frames} frames); video@k: softmax averaged over the "
+                               f"{protocol.clips * protocol.crops} views of a video; clip@1: every view alone")
     result["skipped"] = dict(sorted(skipped.reasons.items()))
     if class_names is not None:
         result["class_names"] = list(class_names)
@@ -295,6 +360,13 @@ def _build_model(model, weights, classes, frames, names, dataset):
         built = get_model(model, weights=weights, classes=classes, frames=frames)
     else:
         raise TypeError(f"`model` must be a registered network name or a keras.Model; received {model!r}.")
+    if names is not None:
+        _check_classes(built, names, dataset)
+    return built
+
+
+def _check_classes(built, names, dataset):
+    """The network classifies into the dataset's classes (a warning when its stored names differ)."""
     outputs = built.output_shape[-1]
     if outputs != len(names):
         raise ValueError(
@@ -309,7 +381,6 @@ def _build_model(model, weights, classes, frames, names, dataset):
             "The class names stored with the weights differ from those of %s (class %d: %r vs %r); the "
             "metrics assume the classifier follows %s's class order.", dataset, first, labels[first],
             names[first], dataset)
-    return built
 
 
 def _json_ready(value):
@@ -339,19 +410,25 @@ def format_table(splits, mean=None, protocol_text=None):
 
 def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400", frames=16,
              clips_per_video=10, batch_size=8, splits_dir=None, output_dir=None, classes=None,
-             stride=1, progress=True, verbose=True):
+             stride=1, progress=True, verbose=True, protocol=None, annotations=None):
     """Evaluates a network on the test videos of one or all official splits.
 
     Args:
-        dataset: a dataset `keras_r21d.data.splits` knows, e.g. "ucf101" or "hmdb51".
+        dataset: a dataset `keras_r21d.data.splits` knows: "ucf101", "hmdb51" (official
+            splits) or "kinetics400" / "kinetics600" / "kinetics700" (an annotation CSV).
         root: the folder of the dataset's videos.
-        split: 1, 2, 3 or "all" (the 3 official splits and their mean).
+        split: 1, 2, 3 or "all" (the 3 official splits and their mean); for Kinetics
+            the CSV's split, "validate" by default.
         model: a registered network name (see `keras-r21d models`) or a built
             `keras.Model` (then `weights` and `classes` are ignored).
         weights: preset name or alias, "hf://owner/repo[@rev]", a preset directory,
             a `.weights.h5` file, or None (random, for smoke tests). Its classifier
             must have as many classes as the dataset.
-        frames, clips_per_video, batch_size, stride: see `evaluate_model`.
+        frames, clips_per_video, batch_size, stride, protocol: see `evaluate_model`
+            (a protocol names the clips, crops, frame rate and resize; the weights'
+            own mean and std still apply).
+        annotations: Kinetics' annotation CSV (see `keras_r21d.data.load_kinetics`:
+            the videos' layouts, missing videos reported in `missing`).
         splits_dir: folder of the official split lists (default: the loader's).
         output_dir: if given, write `metrics.json` and `confusion_split{k}.png` there.
         classes: classifier size, to replace the weights' classifier by a new
@@ -371,31 +448,48 @@ def evaluate(dataset, root, split=1, model="r2plus1d_18", weights="kinetics400",
     except ImportError as error:
         raise RuntimeError(f"The split loader keras_r21d.data.splits is unavailable: {error}") from error
 
-    wanted = _splits(split)
-    # The class names of the split files actually used (a user's own may hold fewer classes).
-    splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
-    names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
-    network = _build_model(model, weights, classes, frames, names, dataset)
     from keras_r21d.inference import stored_preprocessing
     from keras_r21d.models.optimize import inference_model
 
+    missing = None
+    if dataset in KINETICS:
+        subset = split if split in ("train", "validate", "test") else "validate"
+        if annotations is None:
+            annotations = split_lists.find_kinetics_annotations(root, subset)
+        if isinstance(model, str) and weights is None and classes is None:  # a new classifier: the CSV's classes
+            classes = len(split_lists.load_kinetics(annotations, root, subset)[1])
+        network = _build_model(model, weights, classes, frames, None, dataset)
+        stored = metadata_of(network).get("labels")  # the weights' class order, when they carry it
+        videos, names, missing = split_lists.load_kinetics(annotations, root, subset, class_names=stored)
+        _check_classes(network, names, dataset)
+        tests = {subset: videos}
+    else:
+        tests = {k: None for k in _splits(split)}
+        # The class names of the split files actually used (a user's own may hold fewer classes).
+        splits_dir = split_lists.find_splits_dir(dataset, root, splits_dir)
+        names = list(split_lists.class_names(dataset, splits_dir=splits_dir))
+        network = _build_model(model, weights, classes, frames, names, dataset)
     fast = inference_model(network)  # once for all splits (evaluate_model would redo it per split)
     preprocessing = stored_preprocessing(network)  # the weights' own, else Kinetics'
     per_split = {}
-    for k in wanted:
-        videos = split_lists.load_split(dataset, root, split=k, subset="test", splits_dir=splits_dir)
+    for k, videos in tests.items():
+        if videos is None:
+            videos = split_lists.load_split(dataset, root, split=k, subset="test", splits_dir=splits_dir)
         per_split[k] = evaluate_model(fast, videos, frames=frames, clips_per_video=clips_per_video,
                                       batch_size=batch_size, stride=stride, class_names=names,
-                                      progress=progress, **preprocessing)
+                                      progress=progress, protocol=protocol, **preprocessing)
     mean = {m: float(np.mean([r[m] for r in per_split.values()])) for m in TABLE_METRICS}
     mean.update(videos=sum(r["videos"] for r in per_split.values()),
                 clips=sum(r["clips"] for r in per_split.values()))
-    info, text = protocol(frames, clips_per_video, stride, preprocessing["resize"], preprocessing["crop"])
+    first = next(iter(per_split.values()))
+    info, text = first["protocol"], first["protocol_text"]
     result = {
         "dataset": dataset, "model": network.name,
         "weights": os.fspath(weights) if isinstance(model, str) and weights is not None else None,
         "splits": per_split, "mean": mean, "protocol": info, "protocol_text": text, "class_names": names,
     }
+    if missing is not None:
+        result["missing"] = missing
     if verbose:
         print(format_table(per_split, mean if len(per_split) > 1 else None, text), flush=True)
         skipped = {path: reason for r in per_split.values() for path, reason in r["skipped"].items()}

@@ -15,6 +15,7 @@ already comes with Keras.
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from keras_r21d.data.sampling import SHORT_POLICIES, TAIL_POLICIES, UNITS, check_fps, windows
-from keras_r21d.fileio import write_json
+from keras_r21d.fileio import write_bytes, write_json
 
 FORMAT_VERSION = 1
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -170,6 +171,9 @@ def extract_features(
 
     output = pathlib.Path(output)
     check_fps(fps)
+    for value, what in ((batch_size, "batch_size"), (workers, "workers"), (chunk, "chunk")):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"`{what}` must be a positive integer; received {value!r}.")
     for value, allowed, what in ((unit, UNITS, "unit"), (short, SHORT_POLICIES, "short"),
                                  (tail, TAIL_POLICIES, "tail")):
         if value not in allowed:
@@ -190,7 +194,8 @@ def extract_features(
     protocol = {"window": window, "stride": stride if stride is not None else window, "fps": fps, "unit": unit,
                 "short": short, "tail": tail, "preprocessing": preprocessing}
     settings = json.loads(json.dumps({
-        "format": FORMAT_VERSION, "model": name, "network": model.get_config(), "weights": weights,
+        "format": FORMAT_VERSION, "model": name, "network": model.get_config(),
+        "weights": os.fspath(weights) if isinstance(weights, os.PathLike) else weights,
         "layer": layer, "protocol": protocol,
     }, default=list))
 
@@ -206,7 +211,7 @@ def extract_features(
     else:
         write_json(recorded, settings)
 
-    paths = list(dict.fromkeys(os.fspath(p) for p in videos))
+    paths = list({_key(p): os.fspath(p) for p in reversed(list(videos))}.values())[::-1]  # one per video
     done = {p for p in paths if (parts / _part_name(_key(p))).is_file()}
     todo = [p for p in paths if p not in done]
     if done:
@@ -255,6 +260,10 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
     def decode_local(path, local):
         wins = windows(frame_times(local), protocol["window"], protocol["stride"], protocol["fps"],
                        protocol["unit"], protocol["short"], protocol["tail"], source=path)
+        fixed = features.input_shape[1]
+        if fixed is not None and len(wins[0].frames) != fixed:
+            raise ValueError(f"windows of {len(wins[0].frames)} frames here, and the network takes exactly {fixed}; "
+                             "give the window in frames, or an fps at which it spans that many")
         put(("plan", path, wins))
         for i in range(0, len(wins), chunk):
             part = wins[i:i + chunk]
@@ -284,11 +293,12 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
     def finish(path):
         plan = plans.pop(path)
         ended.discard(path)
-        if plan.failed is None:
-            np.savez(parts / ".partial.npz", features=np.stack(plan.rows), start=[w.start for w in plan.windows],
+        if plan.failed is None:  # written whole under a name of its own (Ray workers share the folder)
+            npz = io.BytesIO()
+            np.savez(npz, features=np.stack(plan.rows), start=[w.start for w in plan.windows],
                      end=[w.end for w in plan.windows], frames=np.stack([w.frames for w in plan.windows]),
                      path=np.asarray(path))
-            os.replace(parts / ".partial.npz", parts / _part_name(_key(path)))
+            write_bytes(parts / _part_name(_key(path)), npz.getvalue())
         bar.update(1)
         elapsed = time.perf_counter() - started
         bar.set_postfix_str(f"{counts['windows'] / elapsed:.1f} windows/s")
@@ -303,6 +313,9 @@ def _run(features, todo, parts, protocol, batch_size, workers, chunk, progress, 
             if kind == "plan":
                 plans[path] = _Plan(path, value)
             elif kind == "clips":
+                if pending and pending[0].shape[1:] != value.shape[1:]:  # windows of other lengths (seconds at
+                    while owners:                                        # the videos' own rates): a batch apiece
+                        run_batch(min(batch_size, len(owners)))
                 pending.append(value)
                 owners.extend([path] * len(value))
             elif kind in ("end", "error"):
@@ -349,7 +362,8 @@ class _RayWorker:
 
         parts, protocol, batch_size, threads, chunk = self.settings
         skipped = SkippedVideos()
-        counts = _run(self.features, list(batch["path"]), parts, protocol, batch_size, threads, chunk, False, skipped)
+        todo = [p for p in batch["path"] if not (parts / _part_name(_key(p))).is_file()]  # a retried shard
+        counts = _run(self.features, todo, parts, protocol, batch_size, threads, chunk, False, skipped)
         return {"path": batch["path"], "error": [skipped.reasons.get(p, "") for p in batch["path"]],
                 "windows": [counts["windows"]] + [0] * (len(batch["path"]) - 1)}
 
@@ -397,7 +411,11 @@ def _versions():
     import h5py
     import keras
 
-    return {"keras_r21d": importlib.metadata.version("keras-r21d"), "keras": keras.__version__, "backend": keras.backend.backend(),
+    try:
+        version = importlib.metadata.version("keras-r21d")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that is not installed
+        version = "unknown"
+    return {"keras_r21d": version, "keras": keras.__version__, "backend": keras.backend.backend(),
             "av": av.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
 
 

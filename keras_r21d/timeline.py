@@ -58,7 +58,9 @@ def _activation(model):
         config = model.get_config()
     except Exception:  # noqa: BLE001 - models without a config: judged by their outputs
         return "unknown"
-    return config.get("classifier_activation", "unknown") if isinstance(config, dict) else "unknown"
+    if not isinstance(config, dict):
+        return "unknown"
+    return config.get("network", config).get("classifier_activation", "unknown")  # an InferenceGraph nests it
 
 
 def as_probabilities(model, outputs):

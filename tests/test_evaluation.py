@@ -80,7 +80,7 @@ def test_to_probabilities_keeps_probabilities_and_softmaxes_logits():
 
 
 def test_protocol_text():
-    info, text = evaluation.protocol(16, 10)
+    info, text = evaluation.uniform_protocol(16, 10)
     assert info == {"frames": 16, "clips_per_video": 10, "crops": 1, "crop": "center 112x112 of 128x171",
                     "stride": 1}
     assert text == ("video@k: softmax averaged over 10 uniformly spaced 16-frame clips per video, "

@@ -98,6 +98,9 @@ def test_window_policies_by_hand():
     assert [w.frames.tolist() for w in windows(times, 4, 4, tail="shift")] == [[0, 1, 2, 3], [4, 5, 6, 7], [6, 7, 8, 9]]
     assert [w.frames.tolist() for w in windows(times, 4, 4, tail="pad")] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
     assert [w.frames.tolist() for w in windows(times, 4, 4, tail="drop")] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # Overlapping windows: one padded window past the end, not one per remaining stride.
+    padded = windows(np.arange(21) / 10.0, 16, 4, tail="pad")
+    assert [int(w.frames[0]) for w in padded] == [0, 4, 8] and padded[-1].frames.tolist() == [*range(8, 21), 20, 20, 20]
     short = np.arange(3) / 10.0
     assert windows(short, 5, short="loop")[0].frames.tolist() == [0, 1, 2, 0, 1]
     assert windows(short, 5, short="pad")[0].frames.tolist() == [0, 1, 2, 2, 2]
@@ -305,3 +308,20 @@ def test_a_ray_cluster_of_two_local_workers_gives_the_single_process_features(ti
                 np.testing.assert_array_equal(one[name][:], other[name][:])
             # Other batch compositions round differently in oneDNN's kernels: float32 rounding apart.
             np.testing.assert_allclose(one["features"][:], other["features"][:], rtol=0, atol=1e-6)
+
+
+def test_windows_in_seconds_over_videos_of_other_rates_and_a_video_given_twice(tiny_network, tmp_path):
+    """0.4 s is 10 frames at 25 fps and 12 at 30 fps: such windows never share a batch; a
+    video named twice (relative and absolute) is extracted once."""
+    rng = np.random.default_rng(4)
+    paths = []
+    for fps in (25, 30):
+        paths.append(tmp_path / f"{fps}.avi")
+        write_video(paths[-1], rng.integers(0, 255, (30, 32, 32, 3), dtype=np.uint8), fps=fps)
+    os.chdir(tmp_path)
+    result = extract_features(tiny_network, [paths[0], "25.avi", paths[1]], tmp_path / "s.h5", window=0.4,
+                              unit="seconds", batch_size=4, progress=False)
+    assert result["videos"] == 2 and result["skipped"] == {}
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f[os.path.abspath(paths[0]).lstrip("/")]["frames"].shape[1] == 10
+        assert f[os.path.abspath(paths[1]).lstrip("/")]["frames"].shape[1] == 12

@@ -257,3 +257,23 @@ def test_a_network_outside_the_registry_saves_and_loads_as_a_preset(tmp_path):
     assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
     with pytest.raises(ValueError, match=r"outside the registry \(stem '2d', stages \['3d', '2d'\]\), not 'r3d_18'; load them with"):
         load_preset(directory, model_name="r3d_18")
+
+
+def test_mixed_precision_and_extra_metadata_survive(preset, tmp_path):
+    import keras
+
+    directory, _ = preset
+    loaded = load_preset(directory, metadata={"source": "mine"})
+    assert loaded.metadata == {"labels": ["a", "b", "c"], "source": "mine"}
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = keras_r21d.get_model("r3d_10", classes=2, input_shape=(4, 32, 32, 3), widths=(4, 4, 8, 8))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    mixed.save(tmp_path / "mixed.keras")
+    again = keras.saving.load_model(tmp_path / "mixed.keras")
+    assert again.get_layer("conv1").dtype_policy.name == "mixed_bfloat16" == mixed.get_config()["dtype_policy"]
+    assert keras.config.dtype_policy().name == policy.name  # the caller's policy is restored
+    with pytest.raises(ValueError, match="`metadata` must hold plain JSON values"):
+        keras_r21d.VideoResNet(widths=(4, 4, 8, 8), metadata={"mean": np.float32(0.5)})

@@ -167,3 +167,122 @@ def test_bad_protocols_say_what_is_allowed(changes, message):
 def test_three_crops_need_the_short_side_at_the_crop():
     with pytest.raises(ValueError, match="resize the short side to the crop"):
         crop_boxes(128, 171, 112, 3)
+
+
+# ---------------------------------------------------------------- evaluation under a protocol
+
+CLASSES = ["abseiling", "air drumming", "yoga"]
+
+
+@pytest.fixture(scope="module")
+def logits_model():
+    import keras
+
+    import keras_r21d
+
+    keras.utils.set_random_seed(3)
+    return keras_r21d.get_model("r3d_10", widths=(4, 4, 8, 8), classes=3, classifier_activation=None)
+
+
+@pytest.fixture(scope="module")
+def kinetics_tree(tmp_path_factory):
+    """A miniature Kinetics: 3 classes, 2 validation clips each (one absent from disk), in the
+    folder-per-class layout, and the annotation CSV in the official format."""
+    root = tmp_path_factory.mktemp("kinetics")
+    rng = np.random.default_rng(5)
+    lines = ["label,youtube_id,time_start,time_end,split"]
+    for c, label in enumerate(CLASSES):
+        for k in range(2):
+            youtube_id = f"id{c}{k}_-x"
+            lines.append(f"{label},{youtube_id},{10 * k},{10 * k + 10},validate")
+            if (c, k) == (2, 1):
+                continue  # never downloaded
+            folder = root / "val" / label.replace(" ", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            write_video(folder / f"{youtube_id}_{10 * k:06d}_{10 * k + 10:06d}.mp4",
+                        rng.integers(0, 255, (30, 40, 52, 3), dtype=np.uint8), fps=25)
+    lines.append(f"{CLASSES[0]},train00,0,10,train")
+    csv = root / "validate.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return root, csv
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_three_crop_video_accuracy_is_the_mean_of_the_single_crop_runs(logits_model, kinetics_tree):
+    """video@1 over 3 crops = top-1 of the mean of the three single-crop runs' video
+    probabilities, computed in NumPy from the model's outputs on each view."""
+    from keras_r21d.data.splits import load_kinetics
+    from keras_r21d.evaluation import evaluate_model
+
+    videos, _, _ = load_kinetics(kinetics_tree[1], kinetics_tree[0])
+    protocol = Protocol("three", clips=2, crops=3, frames=4, resize=36, crop=36, sampling="mmaction2")
+    result = evaluate_model(logits_model, videos, protocol=protocol, batch_size=4, progress=False)
+    single_runs, clip_hits = [], []
+    for crop in range(3):
+        video_probs = []
+        for path, label in videos:
+            views = protocol_views(path, protocol, 4)[crop::3]  # this crop of each clip
+            probs = softmax(np.asarray(logits_model(views, training=False), np.float64))
+            video_probs.append(probs.mean(axis=0))
+            clip_hits += list(probs.argmax(axis=1) == label)
+        single_runs.append(np.stack(video_probs))
+    labels = np.array([label for _, label in videos])
+    expected_video = np.mean(np.mean(single_runs, axis=0).argmax(axis=1) == labels)
+    assert result["video@1"] == pytest.approx(expected_video)
+    assert result["clip@1"] == pytest.approx(np.mean(clip_hits)) and result["clips"] == len(videos) * 6
+    assert result["protocol"]["crops"] == 3 and "2 clips x 3 crops" in result["protocol_text"]
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_a_miniature_kinetics_evaluates_with_each_named_protocol(logits_model, kinetics_tree, name, tmp_path):
+    from keras_r21d.evaluation import evaluate
+
+    root, csv = kinetics_tree
+    # validate.csv beside the videos is found without being named
+    result = evaluate("kinetics400", root, model=logits_model, protocol=name, output_dir=tmp_path,
+                      progress=False, verbose=False)
+    split = result["splits"]["validate"]
+    protocol = PROTOCOLS[name]
+    assert split["videos"] == 5 and split["clips"] == 5 * protocol.clips * protocol.crops
+    assert result["missing"] == ["id21_-x_000010_000020"] and result["class_names"] == CLASSES
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["protocol"]["name"] == name and stored["protocol"]["crops"] == protocol.crops
+    assert stored["protocol_text"].startswith(str(protocol))
+
+
+def test_kinetics_flat_layout_and_bad_annotations(kinetics_tree, tmp_path):
+    from keras_r21d.data.splits import load_kinetics
+
+    root, csv = kinetics_tree
+    for path in root.rglob("*.mp4"):  # a flat folder of the same files
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    videos, names, missing = load_kinetics(csv, tmp_path)
+    assert names == CLASSES and len(videos) == 5 and missing == ["id21_-x_000010_000020"]
+    assert sorted(label for _, label in videos) == [0, 0, 1, 1, 2]
+    (tmp_path / "bad.csv").write_text("label,youtube_id\nyoga,abc\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['time_start', 'time_end', 'split'\]"):
+        load_kinetics(tmp_path / "bad.csv", tmp_path)
+    with pytest.raises(ValueError, match="labels .* are not among the 2 classes"):
+        load_kinetics(csv, tmp_path, class_names=["abseiling", "yoga"])
+    with pytest.raises(FileNotFoundError, match=r"No Kinetics annotation file \(validate.csv or val.csv\)"):
+        load_kinetics(None, tmp_path / "nowhere")
+
+
+def test_cli_evaluates_kinetics_with_a_protocol_and_custom_flags(logits_model, kinetics_tree, tmp_path, capsys):
+    import keras_r21d
+    from keras_r21d import cli
+
+    root, csv = kinetics_tree
+    preset = keras_r21d.save_preset(logits_model, tmp_path / "preset", {"labels": CLASSES})
+    code = cli.main(["evaluate", "kinetics400", str(root), "--annotations", str(csv), "--model", "r3d_10",
+                     "--weights", str(preset), "--protocol", "mmaction2", "--clips", "2", "--frames", "4",
+                     "-o", str(tmp_path / "out"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "protocol: mmaction2: 2 clips x 3 crops per video" in out
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert stored["protocol"]["clips"] == 2 and stored["protocol"]["frames"] == 4
+    assert stored["splits"]["validate"]["clips"] == 5 * 6

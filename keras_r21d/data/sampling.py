@@ -75,8 +75,8 @@ def window_starts(count, size, stride, tail="shift"):
     if last < count:
         if tail == "shift":
             starts.append(count - size)
-        elif tail == "pad":
-            starts.extend(range(starts[-1] + stride, count, stride))
+        elif tail == "pad":  # one window past the end, padded with the last sample
+            starts.append(starts[-1] + stride)
     return starts
 
 

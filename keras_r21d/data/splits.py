@@ -32,6 +32,7 @@ CRLF or LF, surrounding whitespace and blank lines ignored.
 
 import dataclasses
 import logging
+import os
 import pathlib
 
 log = logging.getLogger("keras_r21d")
@@ -366,3 +367,84 @@ def find_videos(paths):
         else:
             raise FileNotFoundError(f"{str(path)!r} does not exist; pass video files or folders of videos.")
     return files
+
+
+KINETICS = ("kinetics400", "kinetics600", "kinetics700")
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+def find_kinetics_annotations(root, subset="validate"):
+    """The annotation CSV of `subset` beside the videos: `validate.csv` (or `val.csv`,
+    `test.csv`, `train.csv`, as the official archives name them) in `root`, its parent or
+    an `annotations` folder there; FileNotFoundError saying where it looked."""
+    root = pathlib.Path(root).expanduser()
+    names = {"validate": ("validate.csv", "val.csv"), "train": ("train.csv",), "test": ("test.csv",)}.get(
+        subset, (f"{subset}.csv",))
+    folders = [root, root / "annotations", root.parent, root.parent / "annotations"]
+    for folder in folders:
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(f"No Kinetics annotation file ({' or '.join(names)}) in {', '.join(map(str, folders))}; "
+                            "pass it with annotations=... (--annotations).")
+
+
+def load_kinetics(annotations, root, subset="validate", class_names=None):
+    """The videos of a Kinetics annotation file found under `root`:
+    `([(video_path, label)], class_names, missing)`.
+
+    Args:
+        annotations: an official CSV (`label,youtube_id,time_start,time_end,split`,
+            as published for Kinetics-400/600/700); None: `find_kinetics_annotations`.
+        root: the videos, in any of the common layouts: a folder per class (its name
+            with spaces or underscores) or one flat folder, each file named
+            `{youtube_id}_{time_start:06d}_{time_end:06d}.<ext>` or `{youtube_id}.<ext>`;
+            found wherever they are under `root`.
+        subset: the `split` column's value to keep ("train", "validate", "test").
+        class_names: the classes in label order (e.g. those stored with the weights);
+            default: the CSV's labels sorted, the usual Kinetics order.
+
+    `missing` lists the annotated clips with no video (downloads fail for a few % of
+    Kinetics); they are logged and left out, never fatal unless none is found.
+    """
+    import csv
+
+    if annotations is None:
+        annotations = find_kinetics_annotations(root, subset)
+    annotations, root = pathlib.Path(annotations), pathlib.Path(root).expanduser()
+    if not annotations.is_file():
+        raise FileNotFoundError(f"Kinetics annotations {os.fspath(annotations)!r} do not exist; pass the official "
+                                "CSV (e.g. kinetics400/validate.csv).")
+    with open(annotations, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in KINETICS_COLUMNS if c not in (reader.fieldnames or ())]
+        if absent:
+            raise ValueError(f"{os.fspath(annotations)!r} lacks the columns {absent}; a Kinetics annotation file "
+                             f"has {','.join(KINETICS_COLUMNS)} (it has {reader.fieldnames}).")
+        rows = [row for row in reader if row["split"] == subset]
+    if not rows:
+        raise ValueError(f"{os.fspath(annotations)!r} has no clip of split {subset!r}.")
+    names = list(class_names) if class_names is not None else sorted({row["label"] for row in rows})
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({row["label"] for row in rows} - set(index))
+    if unknown:
+        raise ValueError(f"{len(unknown)} labels of {os.fspath(annotations)!r} are not among the {len(names)} "
+                         f"classes: {unknown[:5]}.")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{os.fspath(root)!r} is not a folder of Kinetics videos.")
+    on_disk = {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_EXTENSIONS}
+    videos, missing = [], []
+    for row in rows:
+        clip = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+        path = on_disk.get(clip) or on_disk.get(row["youtube_id"])
+        if path is None:
+            missing.append(clip)
+        else:
+            videos.append((path, index[row["label"]]))
+    if missing:
+        log.warning("%d of %d annotated %s clips have no video under %s (first: %s); they are left out.",
+                    len(missing), len(rows), subset, root, ", ".join(missing[:5]))
+    if not videos:
+        raise DatasetError(f"None of the {len(rows)} {subset} clips of {os.fspath(annotations)!r} is under "
+                           f"{os.fspath(root)!r}: files are named {{youtube_id}}_{{start:06d}}_{{end:06d}}.mp4.")
+    return videos, names, missing

@@ -204,9 +204,14 @@ class VideoResNet(keras.Model):
 
         if classifier_activation is not None and not isinstance(classifier_activation, str):
             classifier_activation = keras.activations.serialize(classifier_activation)
-        # Plain JSON values, stored outside Keras's attribute tracking.
+        try:
+            json.dumps(metadata or {})
+        except TypeError as error:
+            raise ValueError(f"`metadata` must hold plain JSON values (str, numbers, lists, dicts): {error}.") from None
+        # Plain JSON values, stored outside Keras's attribute tracking. The dtype policy is the
+        # one the layers were built under (the global one), restored by from_config.
         self._settings = json.dumps(dict(
-            stem=stem, stages=list(stages), blocks=list(blocks), widths=list(widths), midplanes=midplanes,
+            dtype_policy=keras.config.dtype_policy().name, stem=stem, stages=list(stages), blocks=list(blocks), widths=list(widths), midplanes=midplanes,
             stem_midplanes=stem_midplanes, frames=frames, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
             include_top=include_top, input_shape=list(input_shape), pooling=pooling, classes=classes,
             classifier_activation=classifier_activation, metadata=metadata or {},
@@ -214,7 +219,8 @@ class VideoResNet(keras.Model):
 
     @property
     def metadata(self):
-        """What the weights' user needs: class names, preprocessing, clip length, source."""
+        """What the weights' user needs: class names, preprocessing, clip length, source
+        (a copy: the model's own is set when it is built, e.g. by `load_preset`)."""
         return json.loads(self._settings)["metadata"]
 
     def get_config(self):
@@ -222,7 +228,14 @@ class VideoResNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        wanted, current = config.pop("dtype_policy", None), keras.config.dtype_policy()
+        if wanted is not None and wanted != current.name:
+            keras.config.set_dtype_policy(wanted)  # the layers take the policy in force when built
+        try:
+            return cls(**config)
+        finally:
+            keras.config.set_dtype_policy(current)
 
 
 def stage_feature_model(model):

@@ -113,7 +113,7 @@ def _number(value):
 # config.json's keys: (check, what it must be). A preset is a file from a stranger: every
 # key is checked before it reaches get_model, and no other key is accepted.
 _CONFIG_SCHEMA = {
-    "architecture": (lambda v: v is None or v in MODELS,
+    "architecture": (lambda v: v is None or (isinstance(v, str) and v in MODELS),
                      "a registered network name, or null with stem, stages and blocks"),
     "stem": (lambda v: v in STEM_TYPES, f"one of {STEM_TYPES}"),
     "stages": (lambda v: isinstance(v, list) and 1 <= len(v) <= 8 and all(c in CONV_TYPES for c in v),
@@ -285,7 +285,7 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             + ", ".join(f"{key}={config[key]!r}" for key in clashes) + "; received "
             + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
         )
-    metadata = read_metadata(directory)
+    metadata = {**read_metadata(directory), **(kwargs.pop("metadata", None) or {})}  # the caller's entries win
     new_head = include_top and classes not in (None, preset_classes)
     if new_head or not include_top:
         metadata.pop("labels", None)  # they name the preset's classes, not these

@@ -278,9 +278,10 @@ def test_a_ray_cluster_of_two_local_workers_gives_the_single_process_features(ti
     import threading
 
     pytest.importorskip("ray")
-    many = [tmp_path / f"copy{k}_{p.name}" for k in range(4) for p in videos]
-    for copy, source in zip(many, videos * 4):
-        copy.write_bytes(source.read_bytes())
+    rng = np.random.default_rng(7)
+    many = [tmp_path / f"v{k}.avi" for k in range(12)]  # all different, so no swap between videos goes unseen
+    for k, path in enumerate(many):
+        write_video(path, rng.integers(0, 255, (12 + 3 * k, 40, 48, 3), dtype=np.uint8))
     single = extract_features(tiny_network, many, tmp_path / "single.h5", window=8, stride=5, progress=False)
     urls = [f"file://{p}" for p in many[:2]] + [str(p) for p in many[2:]] + [str(tmp_path / "missing.mp4")]
     killed = []

@@ -233,6 +233,25 @@ def _extract(args):
     return 1 if result["skipped"] else 0
 
 
+def _explain(args):
+    import pathlib
+
+    from keras_r21d.applications import get_model
+    from keras_r21d.explain import explain_video, plot_explanation, save_explanation_gif
+
+    if not pathlib.Path(args.video).is_file():
+        raise FileNotFoundError(f"{args.video!r} is not a video file.")
+    model = get_model(args.model, weights=_weights(args.weights), frames=args.frames)
+    prefix = args.output or pathlib.Path(args.video).with_suffix("").name + "_gradcam"
+    for k, result in enumerate(explain_video(model, args.video, args.layer, args.class_, args.clips, args.frames)):
+        png = plot_explanation(result, f"{prefix}_clip{k}.png")
+        gif = save_explanation_gif(result, f"{prefix}_clip{k}.gif")
+        t, h, w = result["map"].shape
+        print(f"clip {k}: {result['label']} ({100 * result['probability']:.1f}%), {args.layer} map {t}x{h}x{w} "
+              f"-> {png}, {gif}")
+    return 0
+
+
 def _progress(items, disable):
     from tqdm import tqdm
 
@@ -391,6 +410,19 @@ def build_parser():
     extract.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     extract.add_argument("--no-progress", action="store_true")
     extract.set_defaults(run=_extract)
+
+    explain = commands.add_parser("explain", help="Grad-CAM: where and when the network looked (PNG grid, GIF)")
+    explain.add_argument("video", help="a video file")
+    explain.add_argument("-o", "--output", default=None,
+                         help="file prefix: writes PREFIX_clipK.png and .gif (default: the video's name)")
+    explain.add_argument("--model", default="r2plus1d_18", choices=list_models())
+    explain.add_argument("--weights", default="kinetics400",
+                         help="preset name or alias, hf://owner/repo[@rev], preset folder or .weights.h5")
+    explain.add_argument("--class", dest="class_", default=None, help="class name or index (default: the top one)")
+    explain.add_argument("--layer", default="conv5", choices=("conv1", "conv2", "conv3", "conv4", "conv5"))
+    explain.add_argument("--clips", type=POSITIVE_INT, default=1, help="uniformly spaced clips to explain")
+    explain.add_argument("--frames", type=POSITIVE_INT, default=None, help="clip length (default: the weights')")
+    explain.set_defaults(run=_explain)
 
     evaluate = commands.add_parser("evaluate", help="clip@1, video@1/@5 per split and their mean")
     evaluate.add_argument("dataset", choices=("ucf101", "hmdb51", "kinetics400", "kinetics600", "kinetics700"))

@@ -214,6 +214,9 @@ class _TimedNetwork:
     def __init__(self, model):
         self.model, self.calls = model, []
 
+    def __getattr__(self, name):  # everything else (input_shape, ...) is the model's
+        return getattr(self.model, name)
+
     def predict_on_batch(self, x):
         start = time.perf_counter()
         out = self.model.predict_on_batch(x)

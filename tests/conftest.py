@@ -6,6 +6,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # What `import keras_r21d` does (keras_r21d/machine.py), for test modules that import Keras
 # first; importing the package here would load TensorFlow before torchvision, which crashes.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# Fewer glibc malloc arenas: a test worker runs hundreds of TensorFlow tests, and freed memory
+# spread over many arenas stays resident (a worker reached 19.4 GB and was killed for memory on
+# a 24 GB machine). Inherited by the xdist workers and the tests' subprocesses.
+os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -41,3 +45,18 @@ def randomize_batchnorm(model, seed=0):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _give_memory_back():
+    """After each test module: collect its models and hand freed heap memory back to the
+    system (glibc keeps it otherwise), so a worker's memory does not grow module after module."""
+    yield
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

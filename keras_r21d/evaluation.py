@@ -184,7 +184,6 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     from tqdm import tqdm
 
     from keras_r21d.data.pipeline import SkippedVideos, clip_dataset
-    from keras_r21d.data.video import VideoReadError
     from keras_r21d.inference import clip_length
     from keras_r21d.models.optimize import inference_model
 
@@ -206,15 +205,24 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
             labels.append(clip_labels)
             ids.append(clip_ids)
             bar.update(len(clips))
+    return _metrics(probs, np.concatenate(labels) if labels else labels, np.concatenate(ids) if ids else ids,
+                    len(videos), skipped, class_names,
+                    *uniform_protocol(frames, clips_per_video, stride, resize, crop))
+
+
+def _metrics(probs, labels, ids, num_videos, skipped, class_names, protocol, protocol_text):
+    """`video_metrics` of the clip probabilities, with the protocol, skipped videos and class names."""
+    from keras_r21d.data.video import VideoReadError
+
     if not probs:
-        raise VideoReadError(f"None of the {len(videos)} videos could be decoded. {skipped.summary()}")
+        raise VideoReadError(f"None of the {num_videos} videos could be decoded. {skipped.summary()}")
     probs = np.concatenate(probs)
     if class_names is not None and len(class_names) != probs.shape[1]:
         raise ValueError(
             f"The model predicts {probs.shape[1]} classes but {len(class_names)} class names were given."
         )
-    result = video_metrics(probs, np.concatenate(labels), np.concatenate(ids))
-    result["protocol"], result["protocol_text"] = uniform_protocol(frames, clips_per_video, stride, resize, crop)
+    result = video_metrics(probs, np.asarray(labels), np.asarray(ids))
+    result["protocol"], result["protocol_text"] = protocol, protocol_text
     result["skipped"] = dict(sorted(skipped.reasons.items()))
     if class_names is not None:
         result["class_names"] = list(class_names)
@@ -261,21 +269,10 @@ def _evaluate_protocol(model, videos, protocol, frames, batch_size, class_names,
                 probs.append(to_probabilities(_predict(model, x[start:start + batch_size])).astype("float32"))
             labels += [label] * len(x)
             ids += [index] * len(x)
-    if not probs:
-        raise VideoReadError(f"None of the {len(videos)} videos could be decoded. {skipped.summary()}")
-    probs = np.concatenate(probs)
-    if class_names is not None and len(class_names) != probs.shape[1]:
-        raise ValueError(
-            f"The model predicts {probs.shape[1]} classes but {len(class_names)} class names were given."
-        )
-    result = video_metrics(probs, np.asarray(labels), np.asarray(ids))
-    result["protocol"] = {**protocol.record(), "frames": frames}
-    result["protocol_text"] = (f"{protocol} ({frames} frames); video@k: softmax averaged over the "
-                               f"{protocol.clips * protocol.crops} views of a video; clip@1: every view alone")
-    result["skipped"] = dict(sorted(skipped.reasons.items()))
-    if class_names is not None:
-        result["class_names"] = list(class_names)
-    return result
+    text = (f"{protocol} ({frames} frames); video@k: softmax averaged over the {protocol.clips * protocol.crops} "
+            "views of a video; clip@1: every view alone")
+    return _metrics(probs, labels, ids, len(videos), skipped, class_names, {**protocol.record(), "frames": frames},
+                    text)
 
 
 # ---------------------------------------------------------------- plots

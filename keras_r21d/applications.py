@@ -83,7 +83,7 @@ def get_model(name, /, **overrides):
             `input_shape`, `pooling`, `classes`, `classifier_activation`,
             `midplanes`, `frames`, `name`) or builder argument of
             `keras_r21d.VideoResNet` (`widths`, `bn_epsilon`, `bn_momentum`,
-            `stem_midplanes`).
+            `stem_midplanes`, `dropout`).
 
     Example:
     >>> model = get_model("mc3_18", classes=101, input_shape=(8, 112, 112, 3))
@@ -117,8 +117,8 @@ FACTORY_DOC = """Instantiates {display} (`{model_name}`) of Tran et al., CVPR 20
             carry their own.
         frames: clip length T the model is built for (None: any).
         name: model name.
-        **kwargs: `widths`, `bn_epsilon`, `bn_momentum`, `stem_midplanes` of
-            `keras_r21d.VideoResNet`.
+        **kwargs: `widths`, `bn_epsilon`, `bn_momentum`, `stem_midplanes`,
+            `dropout` (before the classifier) of `keras_r21d.VideoResNet`.
 
     Returns:
         A `keras.Model`.

@@ -297,7 +297,9 @@ def _finetune(args):
         schedule=args.schedule, mixed_precision=args.mixed_precision, output_dir=args.output,
         checkpoint_every=args.checkpoint_every, validate=not args.no_validate, eval_clips=args.eval_clips,
         seed=args.seed, push_to_hub=args.push_to_hub, distributed=distributed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, freeze_until=args.freeze_until, freeze_bn=args.freeze_bn,
+        dropout=args.dropout, label_smoothing=args.label_smoothing, class_weight=args.class_weight,
+        balanced_sampling=args.balanced_sampling, head_lr_multiplier=args.head_lr_multiplier,
     )
     if result["preset"] is not None:
         print(f"Fine-tuned preset: {result['preset']} (run directory {result['run_dir']}).")
@@ -472,6 +474,18 @@ def build_parser():
     tune.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1)
     tune.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     tune.add_argument("--mixed-precision", action="store_true", help="mixed bfloat16")
+    tune.add_argument("--freeze-until", choices=("conv1", "conv2", "conv3", "conv4", "conv5"),
+                      help="freeze the stem (conv1) and the stages up to this one")
+    tune.add_argument("--freeze-bn", action="store_true", help="keep every batch-norm layer as loaded")
+    tune.add_argument("--dropout", type=_ranged(float, 0, maximum=1), default=0.0,
+                      help="dropout rate before the classifier (e.g. 0.5)")
+    tune.add_argument("--label-smoothing", type=_ranged(float, 0, maximum=1), default=0.0)
+    tune.add_argument("--class-weight", choices=("balanced",),
+                      help="weigh the loss of each class by N / (classes x its videos)")
+    tune.add_argument("--balanced-sampling", action="store_true",
+                      help="draw every class equally often in each epoch")
+    tune.add_argument("--head-lr-multiplier", type=POSITIVE_FLOAT, default=1.0,
+                      help="the classifier's learning rate is --lr times this (e.g. 10)")
     tune.add_argument("-o", "--output", default="runs/finetune", help="run directory (resumed if present)")
     tune.add_argument("--checkpoint-every", type=POSITIVE_INT, default=100, help="steps between checkpoints")
     tune.add_argument("--no-validate", action="store_true", help="no per-epoch validation")

@@ -88,6 +88,132 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "kind": self.kind, "decay_steps": self.decay_steps, "decay": self.decay}
 
 
+@keras.saving.register_keras_serializable(package="keras_r21d")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels with label smoothing, which Keras's sparse loss lacks:
+    the target is `(1 - label_smoothing) * one_hot + label_smoothing / classes`."""
+
+    def __init__(self, label_smoothing=0.0, name="sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        target = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class _HeadLearningRate:
+    """An optimizer whose rate is multiplied by `head_multiplier` for the variables named in
+    `head_variables` (paths); Keras optimizers have one rate for all. Decoupled weight decay
+    keeps the base rate. Mixed into SGD and AdamW below."""
+
+    def __init__(self, *args, head_variables=(), head_multiplier=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_variables, self.head_multiplier = list(head_variables), float(head_multiplier)
+
+    def build(self, variables):
+        super().build(variables)
+        self._head = {self._get_variable_index(v) for v in variables if v.path in self.head_variables}
+        if len(self._head) != len(self.head_variables):
+            raise ValueError(f"The head's variables {self.head_variables} are not all trainable variables of "
+                             "the model being trained.")
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._get_variable_index(variable) in self._head:
+            learning_rate = learning_rate * self.head_multiplier
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "head_variables": self.head_variables,
+                "head_multiplier": self.head_multiplier}
+
+
+@keras.saving.register_keras_serializable(package="keras_r21d")
+class HeadSGD(_HeadLearningRate, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with a learning-rate multiplier for the head (see `_HeadLearningRate`)."""
+
+
+@keras.saving.register_keras_serializable(package="keras_r21d")
+class HeadAdamW(_HeadLearningRate, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with a learning-rate multiplier for the head (see `_HeadLearningRate`)."""
+
+
+def _optimizer(kind, learning_rate, momentum, weight_decay, model, head_multiplier):
+    """SGD with momentum (the paper's; `kind` "sgd") or AdamW ("adam"), the rate of `model`'s
+    head multiplied by `head_multiplier`."""
+    head = dict(head_variables=[v.path for v in head_variables(model)], head_multiplier=head_multiplier) \
+        if head_multiplier != 1 else {}
+    if kind == "sgd":
+        return (HeadSGD if head else keras.optimizers.SGD)(learning_rate, momentum=momentum,
+                                                           weight_decay=weight_decay, **head)
+    return (HeadAdamW if head else keras.optimizers.AdamW)(learning_rate, weight_decay=weight_decay, **head)
+
+
+def head_variables(model):
+    """The classifier's variables: the "fc" layer of a keras_r21d network, else the last layer with any."""
+    named = [layer for layer in model.layers if layer.name == "fc"]
+    candidates = named or [layer for layer in model.layers if layer.trainable_weights]
+    if not candidates:
+        raise ValueError(f"Model {model.name!r} has no trainable layer to call its head.")
+    return candidates[-1].trainable_weights
+
+
+def stage_of(layer_name):
+    """The stage a keras_r21d layer belongs to: "conv1" (the stem), "conv3" for "conv3_2", else None."""
+    stage = layer_name.split("_")[0]
+    return stage if stage[:4] == "conv" and stage[4:].isdigit() else None
+
+
+def freeze(model, until=None, batch_norm=False):
+    """Freezes the stem and the stages up to `until` ("conv1" ... "conv5"): their weights and
+    their BN statistics stay as they are. `batch_norm`: also every BN layer of the model (its
+    moving statistics, scale and shift; Keras runs a frozen BN layer in inference mode).
+    Compile the model afterwards. Returns the names of the frozen layers."""
+    frozen = []
+    if until is not None:
+        stages = sorted({s for s in map(stage_of, (layer.name for layer in model.layers)) if s},
+                        key=lambda s: int(s[4:]))
+        if until not in stages:
+            raise ValueError(f"Cannot freeze until {until!r}: {model.name!r} has the stages {stages} "
+                             "(conv1 is the stem); freezing needs a keras_r21d network.")
+        for layer in model.layers:
+            stage = stage_of(layer.name)
+            if stage and int(stage[4:]) <= int(until[4:]):
+                layer.trainable = False
+                frozen.append(layer.name)
+    if batch_norm:
+        # Keras has no public walk through nested layers; _flatten_layers is what Model uses.
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+                frozen.append(layer.path)
+    return frozen
+
+
+def class_weights(videos, num_classes, spec):
+    """`model.fit`'s `class_weight` from `spec`: None, "balanced" (N / (K n_c) over the K classes
+    present in `videos`, scikit-learn's rule: every class weighs the same in the loss), or a
+    dict {class index: weight}."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount([label for _, label in videos], minlength=num_classes)
+        present = np.count_nonzero(counts)
+        return {c: float(len(videos) / (present * n)) if n else 1.0 for c, n in enumerate(counts)}
+    if isinstance(spec, dict):
+        weights = {int(c): float(w) for c, w in spec.items()}
+        bad = [c for c, w in weights.items() if not 0 <= c < num_classes or not w >= 0]
+        if not bad:
+            return weights
+    raise ValueError(f"class_weight must be None, 'balanced' or a dict of class index (0..{num_classes - 1}) to a "
+                     f"weight >= 0; received {spec!r}.")
+
+
 class _Checkpointer:
     """Writes the checkpoints of a run (see the module docstring); every process calls `save`."""
 
@@ -281,6 +407,13 @@ def finetune(
     model_kwargs=None,
     callbacks=None,
     quiet=False,
+    freeze_until=None,
+    freeze_bn=False,
+    dropout=0.0,
+    label_smoothing=0.0,
+    class_weight=None,
+    balanced_sampling=False,
+    head_lr_multiplier=1.0,
 ):
     """Fine-tunes a network of the zoo on a video dataset; resumes an interrupted run.
 
@@ -329,6 +462,23 @@ def finetune(
         callbacks: more Keras callbacks for `model.fit` (e.g. a progress line per
             epoch); `fit` runs once per epoch, so their epoch is absolute.
         quiet: do not print the final evaluation table (the caller reports it).
+        freeze_until: freeze the stem and the stages up to this one ("conv1" for
+            the stem alone ... "conv5"): their weights and BN statistics stay as
+            loaded (kenshohara's --ft_begin_index). None: train everything.
+        freeze_bn: keep every BN layer as loaded (statistics, scale and shift);
+            for small datasets, whose batches give poor statistics.
+        dropout: rate of a dropout layer before the classifier (a `model` given
+            by name; mmaction2's R(2+1)D head uses 0.5).
+        label_smoothing: the target puts this much probability uniformly over
+            the classes.
+        class_weight: None, "balanced" (weights N / (K n_c) computed from the
+            training list) or a dict {class index: weight}, for skewed datasets.
+        balanced_sampling: draw each epoch's videos so that every class is
+            equally likely (rare classes repeat; `pipeline.epoch_order`).
+        head_lr_multiplier: the classifier learns at this multiple of the
+            learning rate (e.g. 10 for a new head on a pretrained network).
+        All of these are recorded in the run's settings (when not at their
+        defaults, so runs of earlier versions still resume).
 
     Returns:
         dict with `history` (per-epoch metrics), `preset` (directory) and `run_dir`.
@@ -367,6 +517,15 @@ def finetune(
                          f"{type(model).__name__}. Leave push_to_hub out (the run saves model.keras).")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'.")
+    if dropout and not isinstance(model, str):
+        raise ValueError(f"dropout={dropout} adds a layer to a network built by name; {model.name!r} is already "
+                         "built. Build it with the dropout (keras_r21d.get_model(name, dropout=...)), or give "
+                         "`model` by name.")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1); received {label_smoothing!r}.")
+    if not head_lr_multiplier > 0:
+        raise ValueError(f"head_lr_multiplier must be > 0; received {head_lr_multiplier!r}.")
+    fit_class_weight = class_weights(train_videos, num_classes, class_weight)
     model_name = model if isinstance(model, str) else \
         (isinstance(model, VideoResNet) and registered_name(model.get_config())) or model.name
     # What decides the training trajectory; a run is resumed only with the same (the output
@@ -379,6 +538,12 @@ def finetune(
         "long_epochs": long_epochs, "optimizer": optimizer, "learning_rate": learning_rate,
         "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
         "schedule": schedule, "seed": seed, "processes": cluster.num_processes,
+        # The fine-tuning controls, only where set: runs of versions without them still resume.
+        **{key: value for key, value, default in (
+            ("freeze_until", freeze_until, None), ("freeze_bn", freeze_bn, False), ("dropout", dropout, 0.0),
+            ("label_smoothing", label_smoothing, 0.0), ("class_weight", class_weight, None),
+            ("balanced_sampling", balanced_sampling, False), ("head_lr_multiplier", head_lr_multiplier, 1.0),
+        ) if value != default},
     }, default=str))  # as a record stores them: tuples as lists
     record = _find_checkpoint(run_dir)
     if record is not None:
@@ -392,14 +557,16 @@ def finetune(
                 keras.config.set_dtype_policy("mixed_bfloat16")
                 _warn_onednn_bfloat16()
             try:
-                model = get_model(model, weights=weights, classes=num_classes, **(model_kwargs or {}))
+                model = get_model(model, weights=weights, classes=num_classes,
+                                  **({"dropout": dropout} if dropout else {}), **(model_kwargs or {}))
             finally:
                 keras.config.set_dtype_policy(policy)
+        freeze(model, freeze_until, freeze_bn)
         schedule_fn = learning_rate_schedule(learning_rate, steps_per_epoch, total_epochs, warmup_epochs,
                                              schedule)
-        opt = (keras.optimizers.SGD(schedule_fn, momentum=momentum, weight_decay=weight_decay)
-               if optimizer == "sgd" else keras.optimizers.AdamW(schedule_fn, weight_decay=weight_decay))
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        opt = _optimizer(optimizer, schedule_fn, momentum, weight_decay, model, head_lr_multiplier)
+        loss = SparseCrossentropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy"
+        model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
 
     start_epoch, start_batch = 0, 0
     if record is not None:
@@ -427,6 +594,7 @@ def finetune(
         metrics = record["metrics"] if record and epoch == start_epoch else None  # the epoch's sums so far
         train = clip_dataset(train_videos, training=True, frames=clip_frames, stride=stride,
                              batch_size=batch_size, seed=seed, epoch=epoch, start_batch=first,
+                             balanced=balanced_sampling,
                              skipped=skipped, shard=shard, resize=resize, crop=crop, flip=flip)
         val = None
         if validate and val_videos:
@@ -440,6 +608,7 @@ def finetune(
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             result = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch,
                                callbacks=callbacks + [checkpointer.callback(epoch, first, metrics)],
+                               class_weight=fit_class_weight,
                                verbose=1 if progress else 0, shuffle=False)
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         history.append({"epoch": epoch, "frames": clip_frames, **logs})

@@ -82,6 +82,24 @@ def center_offsets(size, crop):
     return tuple(_crop_offset(s, c) for s, c in zip(size, (crop, crop)))
 
 
+def epoch_order(labels, seed, epoch, shuffle=True, balanced=False):
+    """Indices of the videos one training epoch visits, in order; depends only on `(seed, epoch)`.
+
+    shuffle: a permutation (each video once); else the list's order.
+    balanced: as many draws as videos, with replacement, each video drawn with probability
+        `1 / (classes present * videos of its class)`: every class present is equally likely
+        at every draw, so rare classes are seen as often as common ones (their videos
+        repeat, with new augmentation) and the epoch keeps its number of batches.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    labels = np.asarray(labels)
+    if balanced:
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        p = 1.0 / (len(classes) * counts[inverse])
+        return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+    return rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+
+
 def clip_dataset(
     videos,
     training,
@@ -96,6 +114,7 @@ def clip_dataset(
     scale_jitter=None,
     flip=True,
     shuffle=True,
+    balanced=False,
     seed=0,
     shard=None,
     skipped=None,
@@ -122,6 +141,8 @@ def clip_dataset(
             clip (the width keeps `resize`'s aspect); None: no scale jitter.
         flip: training only, random horizontal flips.
         shuffle: training only, reshuffle the videos every epoch.
+        balanced: training with `epoch` only: a class-balanced sampler, see
+            `epoch_order` (for small or skewed datasets).
         seed: seed of the shuffle and of the augmentation.
         shard: `(num_shards, index)`: keep only every num_shards-th video from
             `index`, for one process of a multi-process run.
@@ -167,10 +188,16 @@ def clip_dataset(
             raise ValueError(f"`shard` must be (num_shards, index) with 0 <= index < num_shards; received {shard}.")
         paths, labels, indices = paths[shard_index::num_shards], labels[shard_index::num_shards], \
             indices[shard_index::num_shards]
+    if balanced and (epoch is None or not training):
+        raise ValueError("balanced=True draws each epoch's videos from (seed, epoch): it needs training=True "
+                         "and an `epoch` (as keras_r21d.finetune passes).")
     if epoch is not None and training:
         # The epoch's order and per-video random streams follow from (seed, epoch) alone.
-        order = np.random.default_rng([seed, epoch]).permutation(len(paths)) if shuffle else \
-            np.arange(len(paths))
+        order = epoch_order(labels, seed, epoch, shuffle, balanced)
+        # Each draw's augmentation stream: keyed by the video, and by its position when a video
+        # can be drawn twice (balanced), so that repeats get different crops.
+        streams = [[seed, epoch, int(indices[i])] + ([position] if balanced else [])
+                   for position, i in enumerate(order)][start_batch * batch_size:]
         order = order[start_batch * batch_size:]
         paths, labels, indices = [paths[i] for i in order], labels[order], indices[order]
         if not paths:
@@ -236,8 +263,7 @@ def clip_dataset(
             randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         else:
             randoms = tf.data.Dataset.from_tensor_slices(
-                np.asarray([np.random.SeedSequence([seed, epoch, int(i)]).generate_state(1)[0]
-                            for i in indices], "int64"))
+                np.asarray([np.random.SeedSequence(key).generate_state(1)[0] for key in streams], "int64"))
         ds = tf.data.Dataset.zip(ds, randoms).map(load_train, num_parallel_calls=parallel, deterministic=True)
         # Checked at run time: an epoch that came out short would fail, not end early.
         ds = ds.map(decoded).apply(tf.data.experimental.assert_cardinality(len(paths)))

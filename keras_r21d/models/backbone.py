@@ -124,6 +124,8 @@ class VideoResNet(keras.Model):
         pooling: without the top, None (5D output of conv5), "avg" or "max".
         classes: number of classes of the classifier.
         classifier_activation: activation of the classifier (None for logits).
+        dropout: rate of a dropout layer before the classifier, active in training
+            only (0: none; mmaction2's R(2+1)D head uses 0.5).
         metadata: what a user of the weights needs (class names, preprocessing,
             clip length, source), JSON-ready; presets fill it, `model.metadata`
             reads it.
@@ -149,6 +151,7 @@ class VideoResNet(keras.Model):
         pooling=None,
         classes=400,
         classifier_activation="softmax",
+        dropout=0.0,
         metadata=None,
         name="video_resnet",
         **kwargs,
@@ -174,6 +177,11 @@ class VideoResNet(keras.Model):
             raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received {pooling!r}.")
         if include_top and (not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0):
             raise ValueError(f"`classes` must be a positive int when include_top=True; received {classes!r}.")
+        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+            raise ValueError(f"`dropout` must be a rate in [0, 1); received {dropout!r}.")
+        if dropout and not include_top:
+            raise ValueError(f"`dropout` ({dropout}) goes before the classifier; with include_top=False there "
+                             "is none. Leave it out, or add a Dropout layer to your own head.")
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError(f"`metadata` must be a dict (or None); received {type(metadata).__name__}.")
 
@@ -192,6 +200,8 @@ class VideoResNet(keras.Model):
 
         if include_top:
             x = layers.GlobalAveragePooling3D(name="avg_pool")(x)
+            if dropout:
+                x = layers.Dropout(dropout, name="dropout")(x)
             x = layers.Dense(
                 classes, activation=classifier_activation, name="fc",
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -214,7 +224,7 @@ class VideoResNet(keras.Model):
             dtype_policy=keras.config.dtype_policy().name, stem=stem, stages=list(stages), blocks=list(blocks), widths=list(widths), midplanes=midplanes,
             stem_midplanes=stem_midplanes, frames=frames, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
             include_top=include_top, input_shape=list(input_shape), pooling=pooling, classes=classes,
-            classifier_activation=classifier_activation, metadata=metadata or {},
+            classifier_activation=classifier_activation, dropout=dropout, metadata=metadata or {},
         ))
 
     @property

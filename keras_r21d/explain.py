@@ -36,8 +36,34 @@ def _upsample(cam, size):
     return cam
 
 
+def _gradient(function, x):
+    """The gradient of the scalar `function(x)` at `x` (a NumPy array), on the running
+    Keras backend: Keras has no backend-neutral gradient, so each backend's own."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+        return tape.gradient(y, x).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(function)(jax.numpy.asarray(x)))
+    if backend == "torch":
+        x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        function(x).backward()
+        return x.grad.detach().cpu().numpy()
+    raise RuntimeError(f"grad_cam needs gradients, which the {backend!r} backend does not give; use TensorFlow, "
+                       "JAX or PyTorch.")
+
+
 def grad_cam(model, clip, layer="conv5", class_index=None):
-    """Grad-CAM of a keras_r21d classifier on one preprocessed clip.
+    """Grad-CAM of a keras_r21d classifier on one preprocessed clip (any backend with gradients).
 
     Args:
         model: a `VideoResNet` with its classifier (a factory, `get_model`, a preset).
@@ -52,11 +78,7 @@ def grad_cam(model, clip, layer="conv5", class_index=None):
         (the softmax of the class).
     """
     import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"grad_cam takes its gradients with TensorFlow's GradientTape; this process runs the "
-                           f"{keras.backend.backend()!r} backend. Set KERAS_BACKEND=tensorflow.")
-    import tensorflow as tf
+    from keras import ops
 
     if not isinstance(model, VideoResNet) or not model.get_config()["include_top"]:
         raise TypeError("grad_cam explains a keras_r21d classifier: a VideoResNet with include_top=True.")
@@ -66,22 +88,27 @@ def grad_cam(model, clip, layer="conv5", class_index=None):
     if clip.ndim != 5 or clip.shape[0] != 1:
         raise ValueError(f"`clip` must be one clip (T, H, W, 3) or a batch of one; received shape {clip.shape}.")
     fc = model.get_layer("fc")
-    probe = keras.Model(model.input, [_stage_output(model, layer), fc.input])
-    with tf.GradientTape() as tape:
-        stage, features = probe(clip, training=False)
-        logits = tf.matmul(features, fc.kernel) + fc.bias  # the score before the softmax
-        if class_index is None:
-            class_index = int(tf.argmax(logits[0]))
-        if not 0 <= class_index < logits.shape[-1]:
-            raise ValueError(f"`class_index` {class_index} is out of range: the model has {logits.shape[-1]} classes.")
-        score = logits[0, class_index]
-    gradients = tape.gradient(score, stage)[0].numpy()  # (t, h, w, k)
-    weights = gradients.mean(axis=(0, 1, 2))
-    cam = np.maximum((stage[0].numpy() * weights).sum(axis=-1), 0)
+    stage_output = _stage_output(model, layer)
+    # The network cut at the stage: clip -> map, and map -> pooled features (whose scores,
+    # before the softmax, are differentiated with respect to the map).
+    stage = keras.ops.convert_to_numpy(keras.Model(model.input, stage_output)(clip, training=False))
+    rest = keras.Model(stage_output, fc.input)
+
+    def logits(a):
+        return ops.matmul(rest(a, training=False), fc.kernel) + fc.bias
+
+    scores = keras.ops.convert_to_numpy(logits(stage))[0].astype(np.float64)
+    if class_index is None:
+        class_index = int(np.argmax(scores))
+    if not 0 <= class_index < len(scores):
+        raise ValueError(f"`class_index` {class_index} is out of range: the model has {len(scores)} classes.")
+    gradients = _gradient(lambda a: logits(a)[0, class_index], stage)[0]  # (t, h, w, k)
+    cam = np.maximum((stage[0] * gradients.mean(axis=(0, 1, 2))).sum(axis=-1), 0)
     heatmap = _upsample(cam.astype(np.float32), clip.shape[1:4])
     peak = heatmap.max()
+    probabilities = np.exp(scores - scores.max())
     return {"heatmap": (heatmap / peak if peak > 0 else heatmap).astype(np.float32), "map": cam,
-            "class_index": class_index, "probability": float(tf.nn.softmax(logits[0])[class_index])}
+            "class_index": class_index, "probability": float(probabilities[class_index] / probabilities.sum())}
 
 
 def overlay(frames, heatmap, alpha=0.45):

@@ -31,10 +31,8 @@ def test_conv5_map_is_the_classifier_row_over_the_map(name, kwargs):
     model = network(name, **kwargs)
     x = clip()
     result = grad_cam(model, x, layer="conv5", class_index=3)
-    stage = np.asarray(keras_r21d.stage_feature_model(model)(x[None], training=False)["conv5"])[0]
-    kernel = np.asarray(model.get_layer("fc").kernel)
-    t, h, w, _ = stage.shape
-    expected = np.maximum(stage @ kernel[:, 3], 0) / (t * h * w)
+    expected = hand_conv5(model, x, 3)
+    t = expected.shape[0]
     np.testing.assert_allclose(result["map"], expected, rtol=1e-4, atol=1e-7)
     assert result["class_index"] == 3
     probs = np.asarray(model(x[None], training=False))[0]
@@ -46,23 +44,63 @@ def test_conv5_map_is_the_classifier_row_over_the_map(name, kwargs):
         assert t == 1 and np.allclose(heatmap, heatmap[:1])
 
 
-def test_an_earlier_stage_matches_a_gradient_tape_reference():
-    model = network("r3d_10")
-    x = clip(seed=1)
-    result = grad_cam(model, x, layer="conv3")  # the top class by default
-    conv3 = model.get_layer("conv3_1").output
-    pooled = model.get_layer("fc").input
-    probe = keras.Model(model.input, [conv3, pooled])
+def hand_conv5(model, x, class_index):
+    """conv5's map by hand: score = sum_k W[k, c] mean(A_k) + b, so dscore/dA_k = W[k, c] / (t h w)."""
+    stage = np.asarray(keras_r21d.stage_feature_model(model)(x[None], training=False)["conv5"])[0]
+    t, h, w, _ = stage.shape
+    return np.maximum(stage @ np.asarray(model.get_layer("fc").kernel)[:, class_index], 0) / (t * h * w)
+
+
+def tape_conv3(model, x):
+    """conv3's map (the output of its last block) of the top class, with this test's own
+    GradientTape: (map, class)."""
+    last = max(layer.name for layer in model.layers if layer.name.startswith("conv3_"))
+    probe = keras.Model(model.input, [model.get_layer(last).output, model.get_layer("fc").input])
     with tf.GradientTape() as tape:
         stage, features = probe(x[None], training=False)
         logits = features @ model.get_layer("fc").kernel + model.get_layer("fc").bias
         top = int(np.argmax(logits[0]))
         score = logits[0, top]
     gradient = tape.gradient(score, stage)[0].numpy()
-    expected = np.maximum(np.einsum("thwk,k->thw", stage[0].numpy(), gradient.mean(axis=(0, 1, 2))), 0)
+    return np.maximum(np.einsum("thwk,k->thw", stage[0].numpy(), gradient.mean(axis=(0, 1, 2))), 0), top
+
+
+def test_an_earlier_stage_matches_a_gradient_tape_reference():
+    model = network("r3d_10")
+    x = clip(seed=1)
+    result = grad_cam(model, x, layer="conv3")  # the top class by default
+    expected, top = tape_conv3(model, x)
     assert result["class_index"] == top
     np.testing.assert_allclose(result["map"], expected, rtol=1e-4, atol=1e-7)
     assert result["heatmap"].shape == (8, 48, 48)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_jax_and_pytorch_give_the_same_maps(tmp_path, backend):
+    """The references are TensorFlow's (hand and tape); the worker runs grad_cam on `backend`."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    x = clip(seed=2)
+    np.save(tmp_path / "input.npy", x)
+    models = {"r3d_10": network("r3d_10"), "r2d_18": network("r2d_18", frames=8)}
+    for name, model in models.items():
+        model.save_weights(tmp_path / f"{name}.weights.h5")
+    worker = pathlib.Path(__file__).with_name("grad_cam_worker.py")
+    run = subprocess.run([sys.executable, str(worker), str(tmp_path), *models],
+                         env=dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES=""),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name, model in models.items():
+        got = np.load(tmp_path / f"{name}.{backend}.npz")
+        np.testing.assert_allclose(got["conv5"], hand_conv5(model, x, 3), rtol=1e-4, atol=1e-7, err_msg=name)
+        expected, top = tape_conv3(model, x)
+        assert int(got["top"]) == top
+        np.testing.assert_allclose(got["conv3"], expected, rtol=1e-4, atol=1e-7, err_msg=name)
+        probs = np.asarray(model(x[None], training=False))[0]
+        assert float(got["probability"]) == pytest.approx(probs[3], rel=1e-5)
 
 
 def test_bad_input_is_refused():

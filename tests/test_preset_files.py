@@ -4,6 +4,7 @@ before it reaches get_model, and each error names the file and what was wrong.""
 import functools
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -30,12 +31,15 @@ def with_config(preset_dir, tmp_path, text):
 
 
 def edited(preset_dir, **changes):
+    """config.json with settings changed (or removed: KeyError): `classes` beside keras-hub's
+    backbone config, the others in it."""
     config = json.loads((preset_dir / CONFIG_FILE).read_text())
     for key, value in changes.items():
+        where = config if key == "classes" else config["config"]
         if value is KeyError:
-            config.pop(key)
+            where.pop(key)
         else:
-            config[key] = value
+            where[key] = value
     return json.dumps(config)
 
 
@@ -72,6 +76,28 @@ def test_bad_config_keys_are_refused_naming_the_file(preset, tmp_path, changes, 
     with pytest.raises(ValueError) as error:
         load_preset(directory)
     assert str(directory / CONFIG_FILE) in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_the_flat_config_of_earlier_versions_still_loads(preset, tmp_path):
+    """Before keras-hub support config.json held the settings at its top level; cached and
+    published presets of that layout load as before."""
+    directory, model = preset
+    on_file = json.loads((directory / CONFIG_FILE).read_text())
+    flat = {**on_file["config"], "classes": on_file["classes"]}
+    assert on_file["registered_name"] == "keras_r21d>R21DBackbone" and flat["architecture"] == "r2plus1d_18"
+    np.testing.assert_array_equal(outputs(load_preset(with_config(directory, tmp_path, json.dumps(flat)))),
+                                  outputs(model))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"class_name": "ResNetBackbone"}, "is not the config of a keras_r21d backbone: {'class_name': 'ResNetBackbone'}"),
+    ({"build_config": {}}, "found ['build_config', 'class_name', 'classes', 'config', 'module', 'registered_name']"),
+    ({"config": [1]}, "with `config` an object"),
+])
+def test_a_foreign_keras_hub_config_is_refused(preset, tmp_path, changes, message):
+    config = {**json.loads((preset[0] / CONFIG_FILE).read_text()), **changes}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_preset(with_config(preset[0], tmp_path, json.dumps(config)))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -249,7 +275,7 @@ def test_a_network_outside_the_registry_saves_and_loads_as_a_preset(tmp_path):
     model = keras_r21d.VideoResNet(stem="2d", stages=("3d", "2d"), blocks=(1, 2), widths=(4, 8), classes=2,
                                    input_shape=(4, 32, 32, 3), name="custom")
     directory = save_preset(model, tmp_path / "custom", {"labels": ["x", "y"]})
-    config = json.loads((directory / CONFIG_FILE).read_text())
+    config = json.loads((directory / CONFIG_FILE).read_text())["config"]
     assert config["architecture"] is None and config["stages"] == ["3d", "2d"] and config["blocks"] == [1, 2]
     loaded = load_preset(directory)
     x = np.random.default_rng(3).normal(size=(1, 4, 32, 32, 3)).astype("float32")

@@ -111,7 +111,8 @@ def resolve_weights(weights, model_name, frames=None):
     Args:
         weights: a preset directory, "hf://owner/repo[@revision]", a preset name or
             an alias such as "kinetics400".
-        model_name: the registry name being built (a preset must be for it).
+        model_name: the registry name being built (a preset must be for it); None
+            takes a preset of any network (but no alias: it names several).
         frames: with an alias, pick the entry trained on this many frames.
 
     Returns:
@@ -133,7 +134,7 @@ def resolve_weights(weights, model_name, frames=None):
     by_name = {e["name"]: e for e in entries}
     if weights in by_name:
         arch = by_name[weights]["architecture"]
-        if arch != model_name:
+        if model_name is not None and arch != model_name:
             raise ValueError(
                 f"The preset {weights!r} holds {arch} weights, not {model_name}: use "
                 f"keras_r21d.get_model({arch!r}, weights={weights!r}) or one of the presets for "
@@ -141,6 +142,9 @@ def resolve_weights(weights, model_name, frames=None):
             )
         return fetch_preset(weights)
     with_alias = [e for e in entries if weights in e.get("aliases", ())]
+    if with_alias and model_name is None:
+        raise ValueError(f"{weights!r} is the alias of several presets; name one: "
+                         f"{', '.join(e['name'] for e in with_alias)}.")
     if not with_alias:
         aliases = sorted({a for e in entries for a in e.get("aliases", ())})
         raise ValueError(

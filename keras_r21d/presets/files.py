@@ -3,6 +3,7 @@
 `config.json` holds the arguments that rebuild the network (the registry name and
 builder settings), `model.weights.h5` its weights, `metadata.json` what a user of
 the weights needs: class names, preprocessing, clip length, source and checksum.
+The same files are a keras-hub backbone preset (`HUB_BACKBONE`, `keras_r21d.hub`).
 """
 
 import json
@@ -29,6 +30,11 @@ MODEL_CARD = "README.md"
 CONFIG_KEYS = ("architecture", "stem", "stages", "blocks", "classes", "midplanes", "frames", "bn_epsilon",
                "bn_momentum", "widths", "stem_midplanes")
 TABLE_KEYS = ("stem", "stages", "blocks")
+# config.json is also keras-hub's config of the backbone (a serialized keras_r21d.hub.R21DBackbone:
+# these keys, and the settings above less `classes` under "config"), so that
+# keras_hub.models.Backbone.from_preset reads our presets; `classes` sits beside it, for the head.
+HUB_BACKBONE = {"module": "keras_r21d.hub", "class_name": "R21DBackbone",
+                "registered_name": "keras_r21d>R21DBackbone"}
 
 _dropped_head_warned = set()
 
@@ -79,7 +85,8 @@ def save_preset(model, directory, metadata=None):
     staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache's presets from other users
     try:
         model.save_weights(staging / WEIGHTS_FILE)
-        write_json(staging / CONFIG_FILE, config)
+        write_json(staging / CONFIG_FILE, {**HUB_BACKBONE, "config": {k: v for k, v in config.items() if k != "classes"},
+                                           "classes": config["classes"]})
         write_json(staging / METADATA_FILE, model.metadata if metadata is None else metadata)
         if (directory / MODEL_CARD).is_file():  # a card written by hand stays with the preset
             shutil.copy2(directory / MODEL_CARD, staging / MODEL_CARD)
@@ -146,6 +153,8 @@ def read_config(directory):
     if not isinstance(config, dict):
         raise ValueError(  # noqa: TRY004 - the file's content is wrong, not the caller's argument
             f"{os.fspath(path)!r} must hold a JSON object; it holds a {type(config).__name__}.")
+    if "registered_name" in config:  # keras-hub's layout; presets written before it are flat
+        config = _flat_config(config, path)
     unknown = sorted(set(config) - set(_CONFIG_SCHEMA))
     required = ("architecture", "classes") + (TABLE_KEYS if config.get("architecture", "") is None else ())
     missing = [key for key in required if key not in config]
@@ -168,6 +177,25 @@ def read_config(directory):
             raise ValueError(f"{os.fspath(path)!r}: {key} must be a list of {len(stages)} integers >= 1, one per "
                              f"stage; it is {config[key]!r}.")
     return config
+
+
+def _flat_config(data, path):
+    """The settings of a config.json in keras-hub's layout (see HUB_BACKBONE), as one dict."""
+    wrong = {key: data.get(key) for key, value in HUB_BACKBONE.items() if data.get(key) != value}
+    if wrong:
+        raise ValueError(f"{os.fspath(path)!r} is not the config of a keras_r21d backbone: {wrong} (expected "
+                         f"{HUB_BACKBONE}).")
+    if "classes" not in data:
+        raise ValueError(f"{os.fspath(path)!r}: missing keys ['classes'] beside the backbone's config. A keras-hub "
+                         "preset saved by save_to_preset keeps its classifier in task.json instead: load it with "
+                         "keras_r21d.hub.R21DVideoClassifier.from_preset(...).")
+    unknown = sorted(set(data) - {*HUB_BACKBONE, "config", "classes"})
+    if unknown or not isinstance(data.get("config"), dict):
+        raise ValueError(f"{os.fspath(path)!r}: expected the keys {[*HUB_BACKBONE, 'config', 'classes']} with "
+                         f"`config` an object; found {sorted(data)}.")
+    # keras-hub's serializer adds the name, trainable flag and dtype, which leave the weights as they are.
+    settings = {key: value for key, value in data["config"].items() if key not in ("name", "trainable", "dtype")}
+    return {**settings, "classes": data["classes"]}
 
 
 def read_metadata(directory):

@@ -90,14 +90,10 @@ def test_the_published_presets_are_listed():
 
 
 class HubWithSnapshots(FakeHub):
-    """The fake Hub of test_presets plus the repo listing `snapshot_download` reads and the
-    README check `upload_folder` makes."""
+    """The fake Hub of test_presets plus the repo listings `snapshot_download` reads."""
 
     def handle(self, handler, method):
         path = urllib.parse.urlparse(handler.path).path
-        if method == "POST" and path == "/api/validate-yaml":
-            handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-            return reply(handler, 200, json.dumps({"warnings": [], "errors": []}).encode())
         if method == "GET" and (m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/(.+)", path)):
             sha = self.refs.get(f"{m.group(1)}@{urllib.parse.unquote(m.group(2))}")
             if sha is None:
@@ -124,10 +120,12 @@ def server(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("KERAS_R21D_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    # huggingface_hub reads its endpoint when imported: point the loaded module at the server.
-    from huggingface_hub import constants
+    # huggingface_hub reads its endpoint when imported (its constants and the HfApi behind its
+    # module-level functions, which keras-hub calls): point them at the server.
+    from huggingface_hub import constants, hf_api
 
     monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+    monkeypatch.setattr(hf_api.api, "endpoint", fake.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
     yield fake
     fake.server.close()

@@ -69,16 +69,6 @@ def parity(entry, preset_dir):
     return float(np.max(np.abs(np.asarray(model.predict_on_batch(clip)) - expected)))
 
 
-def model_card(entry):
-    acc = entry["accuracy"]
-    numbers = ", ".join(f"{k} {acc[k]}" for k in ("clip@1", "video@1", "video@5") if acc[k] is not None)
-    return (f"# {entry['name']}\n\n{entry['description']}\n\nA keras_r21d preset: "
-            f"`keras_r21d.get_model({entry['architecture']!r}, weights=\"hf://REPO\")`.\n\n"
-            f"- Source: {entry['source']} ({entry['origin']['url']})\n- Paper: {entry['paper']}\n"
-            f"- Accuracy ({acc['dataset']}): {numbers or 'not published'}. {acc['protocol']}\n"
-            f"- Preprocessing: {json.dumps(entry['preprocessing'])}\n- License: {entry['license']}\n")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="preset names (default: all)")
@@ -92,6 +82,7 @@ def main(argv=None):
 
     from keras_r21d import presets
     from keras_r21d.fileio import sha256_of
+    from keras_r21d.presets.cards import model_card
 
     entries = presets.list_presets()
     if args.only:
@@ -115,6 +106,7 @@ def main(argv=None):
         try:
             preset_dir = presets.fetch_preset(name, keep_download=args.parity)
             print(f"{name}: {preset_dir}", flush=True)
+            error = None
             if args.parity and origin["format"] != "caffe2":
                 error = parity(entry, preset_dir)
                 print(f"  parity with upstream PyTorch: max abs logit error {error:.2e}", flush=True)
@@ -123,8 +115,8 @@ def main(argv=None):
                     continue
             if args.upload:
                 repo = f"{args.upload}/{name}"
-                (preset_dir / "README.md").write_text(model_card(entry))
-                commit = presets.push_to_hub(preset_dir, repo, commit_message=f"keras_r21d preset {name}")
+                card = model_card(preset_dir, repo, entry=entry, parity=error)
+                commit = presets.push_to_hub(preset_dir, repo, commit_message=f"keras_r21d preset {name}", card=card)
                 hub = {"repo": repo, "revision": commit,
                        "sha256": {f: sha256_of(preset_dir / f) for f in presets.PRESET_FILES}}
                 print(f"  uploaded; manifest hub field: {json.dumps(hub)}", flush=True)

@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 
-from keras_r21d.presets.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, is_preset_dir
+from keras_r21d.presets.files import CONFIG_FILE, METADATA_FILE, MODEL_CARD, WEIGHTS_FILE, is_preset_dir
 
 CACHE_ENV = "KERAS_R21D_CACHE"
 HUB_PREFIX = "hf://"
@@ -577,10 +577,14 @@ def _from_hub_uri(uri):
 
 
 def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
-                commit_message="Upload keras_r21d preset"):
+                commit_message="Upload keras_r21d preset", card=None):
     """Uploads a preset directory to the Hugging Face Hub; returns the commit sha.
 
     Load it back with `get_model(name, weights="hf://<repo_id>@<commit>")`.
+
+    The repo's README.md is `card` when given, else the directory's own README.md, else a
+    model card written by `keras_r21d.presets.cards.model_card` (library, task, datasets,
+    license, published accuracy, size, usage).
 
     Args:
         preset_dir: a directory written by `keras_r21d.presets.files.save_preset`.
@@ -589,8 +593,9 @@ def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
         private: create the repo private.
         token: Hub token; None uses the saved login or HF_TOKEN.
         commit_message: the commit message.
+        card: the README.md text to upload instead of the directory's or a generated one.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     preset_dir = pathlib.Path(preset_dir)
     if not is_preset_dir(preset_dir):
@@ -599,10 +604,19 @@ def push_to_hub(preset_dir, repo_id, revision=None, private=False, token=None,
             f"{WEIGHTS_FILE}); write one with keras_r21d.presets.files.save_preset(model, directory)."
         )
     _check_hub_ref(repo_id, revision, f"{repo_id}@{revision or 'main'}")
+    if card is None and not (preset_dir / MODEL_CARD).is_file():
+        from keras_r21d.presets.cards import model_card
+
+        card = model_card(preset_dir, repo_id)
+    # A generated card is uploaded from memory, not written into the preset directory:
+    # save_preset keeps a README.md across saves as the user's own, so a card written
+    # there would go stale with the next weights and never be regenerated.
+    readme = preset_dir / MODEL_CARD if card is None else card.encode()
+    operations = [CommitOperationAdd(f, preset_dir / f) for f in PRESET_FILES if (preset_dir / f).is_file()]
+    operations.append(CommitOperationAdd(MODEL_CARD, readme))
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=preset_dir, revision=revision,
-                             commit_message=commit_message, allow_patterns=[*PRESET_FILES, "README.md"])
+    info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
     return info.oid

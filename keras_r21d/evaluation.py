@@ -26,6 +26,7 @@ import numpy as np
 from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
 from keras_r21d.data.splits import KINETICS
 from keras_r21d.fileio import write_json
+from keras_r21d.inference import to_probabilities
 from keras_r21d.models import metadata_of
 
 SPLITS = (1, 2, 3)
@@ -112,21 +113,6 @@ def video_metrics(clip_probs, clip_labels, video_index, top=(1, 5)):
     return result
 
 
-def to_probabilities(outputs):
-    """Rows of `outputs` as probabilities: kept if they already are (non-negative,
-    summing to 1), otherwise taken as logits and passed through a softmax."""
-    x = np.asarray(outputs, dtype="float64")
-    if x.ndim != 2:
-        raise ValueError(
-            f"Expected classifier outputs of shape (batch, classes); received shape {x.shape}. "
-            "Build the model with include_top=True."
-        )
-    if (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
-        return x
-    x = np.exp(x - x.max(axis=1, keepdims=True))
-    return x / x.sum(axis=1, keepdims=True)
-
-
 # ---------------------------------------------------------------- a model on a list of videos
 
 def uniform_protocol(frames=16, clips_per_video=10, stride=1, resize=RESIZE, crop=CROP):
@@ -201,7 +187,7 @@ def evaluate_model(model, videos, frames=16, clips_per_video=10, batch_size=8, s
     with tqdm(total=len(videos) * clips_per_video, unit="clip", disable=not progress,
               desc="evaluate", leave=False) as bar:
         for clips, clip_labels, clip_ids in dataset.as_numpy_iterator():
-            probs.append(to_probabilities(_predict(model, clips)).astype("float32"))
+            probs.append(to_probabilities(_predict(model, clips), model).astype("float32"))
             labels.append(clip_labels)
             ids.append(clip_ids)
             bar.update(len(clips))
@@ -266,7 +252,7 @@ def _evaluate_protocol(model, videos, protocol, frames, batch_size, class_names,
             if x is None:
                 continue
             for start in range(0, len(x), batch_size):
-                probs.append(to_probabilities(_predict(model, x[start:start + batch_size])).astype("float32"))
+                probs.append(to_probabilities(_predict(model, x[start:start + batch_size]), model).astype("float32"))
             labels += [label] * len(x)
             ids += [index] * len(x)
     text = (f"{protocol} ({frames} frames); video@k: softmax averaged over the {protocol.clips * protocol.crops} "

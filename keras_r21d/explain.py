@@ -53,7 +53,7 @@ def _gradient(function, x):
     if backend == "jax":
         import jax
 
-        return np.asarray(jax.grad(function)(jax.numpy.asarray(x)))
+        return np.asarray(jax.jit(jax.grad(function))(jax.numpy.asarray(x)))  # one compiled graph, not op by op
     if backend == "torch":
         x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
         function(x).backward()

@@ -5,6 +5,38 @@ import numpy as np
 from keras_r21d.models import metadata_of
 
 DEFAULT_FRAMES = 16
+# Rows of outputs that are >= 0 and sum to 1 within this are taken as probabilities.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def _classifier_activation(model):
+    """The classifier activation a keras_r21d network (or its inference graph) records in
+    its config; "unknown" for other models and for None."""
+    try:
+        config = model.get_config()
+    except Exception:  # noqa: BLE001 - models without a config: judged by their outputs
+        return "unknown"
+    if not isinstance(config, dict):
+        return "unknown"
+    return config.get("network", config).get("classifier_activation", "unknown")  # an InferenceGraph nests it
+
+
+def to_probabilities(outputs, model=None):
+    """Classifier `outputs` (batch, classes) of `model` as class probabilities (float64): as
+    they are when the model ends in a softmax (the factories' default), their softmax when
+    it returns logits. For a model that does not record its classifier activation (or
+    none given), rows that are >= 0 and sum to 1 are taken as probabilities, anything
+    else as logits."""
+    x = np.asarray(outputs, dtype="float64")
+    if x.ndim != 2:
+        raise ValueError(f"Expected classifier outputs of shape (batch, classes); received shape {x.shape}. "
+                         "Build the model with include_top=True.")
+    activation = _classifier_activation(model)
+    if activation == "softmax" or (activation == "unknown" and len(x) and (x >= 0).all() and np.allclose(
+            x.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE)):
+        return x
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
 
 
 def clip_length(model, frames=None):
@@ -55,7 +87,8 @@ def predict_video(model, path, clips=10, frames=None, top=5, labels=None):
 
     metadata = metadata_of(model)
     frames = clip_length(model, frames)
-    probs = np.asarray(model.predict(video_clips(model, path, clips, frames), batch_size=clips, verbose=0))
+    probs = to_probabilities(model.predict(video_clips(model, path, clips, frames), batch_size=clips, verbose=0),
+                             model)
     labels = labels or metadata.get("labels")
     if labels is None and probs.shape[1] != 400:
         labels = [f"class {i}" for i in range(probs.shape[1])]

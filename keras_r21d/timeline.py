@@ -21,11 +21,8 @@ import numpy as np
 
 from keras_r21d.data.sampling import UNITS, check_fps, resample, windows
 from keras_r21d.fileio import write_bytes, write_json, write_text
-from keras_r21d.inference import clip_length, stored_preprocessing
+from keras_r21d.inference import clip_length, stored_preprocessing, to_probabilities
 from keras_r21d.models import metadata_of
-
-# Rows of outputs that are >= 0 and sum to 1 within this are taken as probabilities.
-PROBABILITY_TOLERANCE = 1e-3
 
 
 def _positive_int(value, what):
@@ -49,34 +46,6 @@ def _whole_frames(value, what):
         raise ValueError(f"With unit='frames', `{what}` is a whole number of frames; received {value!r}. "
                          "Use unit='seconds' for times.")
     return int(value)
-
-
-def _activation(model):
-    """The classifier activation a keras_r21d network (or its inference graph) records
-    in its config, "unknown" for other models."""
-    try:
-        config = model.get_config()
-    except Exception:  # noqa: BLE001 - models without a config: judged by their outputs
-        return "unknown"
-    if not isinstance(config, dict):
-        return "unknown"
-    return config.get("network", config).get("classifier_activation", "unknown")  # an InferenceGraph nests it
-
-
-def as_probabilities(model, outputs):
-    """`outputs` of `model` as class probabilities: as they are when the model ends in a
-    softmax (the factories' default), their softmax when it returns logits. For a model
-    that does not record its classifier activation, rows that are >= 0 and sum to 1 are
-    taken as probabilities, anything else as logits."""
-    outputs = np.asarray(outputs, np.float64)
-    activation = _activation(model)
-    if activation == "softmax":
-        return outputs.astype(np.float32)
-    if activation == "unknown" and len(outputs) and outputs.min() >= 0 and np.allclose(
-            outputs.sum(axis=1), 1, atol=PROBABILITY_TOLERANCE):
-        return outputs.astype(np.float32)
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _class_names(model, labels, classes):
@@ -159,7 +128,7 @@ def predict_timeline(model, path, window=None, stride=None, fps=None, unit="fram
         clips = read_frames(path, np.concatenate([w.frames for w in part]))
         clips = clips.reshape(len(part), size, *clips.shape[1:])
         outputs.append(np.asarray(model.predict_on_batch(preprocess_input(clips, **preprocessing))))
-    probabilities = as_probabilities(model, np.concatenate(outputs))
+    probabilities = to_probabilities(np.concatenate(outputs), model).astype(np.float32)
     labels = _class_names(model, labels, probabilities.shape[1])
     return {
         "video": path,

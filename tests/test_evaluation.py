@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from media import decode_all, write_video
 
+import keras_r21d
 from keras_r21d import evaluation
 from keras_r21d.data.video import VideoReadError
-from keras_r21d.evaluation import plot_confusion, to_probabilities, video_metrics
+from keras_r21d.evaluation import plot_confusion, video_metrics
+from keras_r21d.inference import to_probabilities
 
 nan = np.nan
 
@@ -77,6 +79,12 @@ def test_to_probabilities_keeps_probabilities_and_softmaxes_logits():
     e = np.exp([2.0, 1.0, 0.0])
     np.testing.assert_allclose(to_probabilities([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
                                [e / e.sum(), [1 / 3] * 3], rtol=1e-12)
+    # A network that records logits: rows that merely look like probabilities are logits too.
+    logits_net = keras_r21d.get_model("r3d_10", widths=(4, 4, 8, 8), classes=3, classifier_activation=None)
+    looks = np.array([[0.5, 0.25, 0.25]])
+    np.testing.assert_allclose(to_probabilities(looks, logits_net), np.exp(looks) / np.exp(looks).sum(), rtol=1e-12)
+    softmax_net = keras_r21d.get_model("r3d_10", widths=(4, 4, 8, 8), classes=3)
+    np.testing.assert_array_equal(to_probabilities(looks, softmax_net), looks)
 
 
 def test_protocol_text():

@@ -211,15 +211,12 @@ def _predict_timeline(args):
 
 
 def _extract(args):
+    from keras_r21d.data.sampling import check_windows
     from keras_r21d.data.splits import find_videos
     from keras_r21d.features import extract_features
 
-    window, stride = args.window, args.stride
-    if args.unit == "frames":
-        if window != int(window) or (stride is not None and stride != int(stride)):
-            raise ValueError(f"With --unit frames, --window and --stride are whole frames; received {window} and "
-                             f"{stride}. Use --unit seconds for times.")
-        window, stride = int(window), None if stride is None else int(stride)
+    # Before any video is looked for (extract_features checks them again).
+    window, stride = check_windows(args.window, args.stride, args.fps, args.unit, args.short, args.tail)
     files = find_videos(args.videos)
     if not files:
         raise ValueError(f"No video found in {args.videos}.")
@@ -259,9 +256,8 @@ def _progress(items, disable):
 
 
 def _evaluate(args):
-    from keras_r21d.evaluation import evaluate
-
     from keras_r21d.data.protocols import Protocol, get_protocol
+    from keras_r21d.evaluation import evaluate
 
     protocol = None
     custom = {key: value for key, value in (("clips", args.clips), ("crops", args.crops), ("fps", args.fps),

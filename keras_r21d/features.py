@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from keras_r21d.data.sampling import SHORT_POLICIES, TAIL_POLICIES, UNITS, check_fps, windows
+from keras_r21d.data.sampling import check_windows, windows
 from keras_r21d.fileio import write_bytes, write_json
 
 FORMAT_VERSION = 1
@@ -170,14 +170,12 @@ def extract_features(
     from keras_r21d.inference import stored_preprocessing
 
     output = pathlib.Path(output)
-    check_fps(fps)
+    if window is None:
+        raise ValueError("`window` is required: the length of a window, in `unit`s.")
+    window, stride = check_windows(window, stride, fps, unit, short, tail)
     for value, what in ((batch_size, "batch_size"), (workers, "workers"), (chunk, "chunk")):
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             raise ValueError(f"`{what}` must be a positive integer; received {value!r}.")
-    for value, allowed, what in ((unit, UNITS, "unit"), (short, SHORT_POLICIES, "short"),
-                                 (tail, TAIL_POLICIES, "tail")):
-        if value not in allowed:
-            raise ValueError(f"`{what}` must be one of {allowed}; received {value!r}.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{os.fspath(output)!r} exists; pass overwrite=True (--overwrite) to replace it.")
     if isinstance(model, str):

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from keras_r21d.data.sampling import UNITS, check_fps, resample, windows
+from keras_r21d.data.sampling import check_windows, resample, windows
 from keras_r21d.fileio import write_bytes, write_json, write_text
 from keras_r21d.inference import clip_length, stored_preprocessing, to_probabilities
 from keras_r21d.models import metadata_of
@@ -28,23 +28,6 @@ from keras_r21d.models import metadata_of
 def _positive_int(value, what):
     if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"`{what}` must be a positive integer; received {value!r}.")
-    return int(value)
-
-
-def _positive_number(value, what, unit):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-                              or not (math.isfinite(value) and value > 0)):
-        raise ValueError(f"`{what}` must be a positive number of {unit}; received {value!r}.")
-    return value
-
-
-def _whole_frames(value, what):
-    """`value` (frames) as an int; ValueError for a fraction of a frame."""
-    if _positive_number(value, what, "frames") is None:
-        return None
-    if value != int(value):
-        raise ValueError(f"With unit='frames', `{what}` is a whole number of frames; received {value!r}. "
-                         "Use unit='seconds' for times.")
     return int(value)
 
 
@@ -64,14 +47,9 @@ def _class_names(model, labels, classes):
 def check_timeline_arguments(window=None, stride=None, fps=None, unit="frames", top=5, batch_size=8):
     """ValueError for arguments `predict_timeline` cannot take, before any video is read;
     returns `(window, stride)`, whole numbers of frames as ints with unit="frames"."""
-    if unit not in UNITS:
-        raise ValueError(f"`unit` must be one of {UNITS}; received {unit!r}.")
-    check_fps(fps)
     _positive_int(top, "top")
     _positive_int(batch_size, "batch_size")
-    if unit == "frames":
-        return _whole_frames(window, "window"), _whole_frames(stride, "stride")
-    return _positive_number(window, "window", "seconds"), _positive_number(stride, "stride", "seconds")
+    return check_windows(window, stride, fps, unit)
 
 
 def predict_timeline(model, path, window=None, stride=None, fps=None, unit="frames", top=5, labels=None,

@@ -54,6 +54,20 @@ def write_timed_video(path, frames, times_ms):
             container.mux(packet)
 
 
+RATES = {"25": 25, "29.97": fractions.Fraction(30000, 1001), "30": 30}
+
+
+def write_rate_videos(folder, frames, size, seed=0):
+    """Random-pixel videos at 25, 29.97 (NTSC, 30000/1001) and 30 fps, `frames` frames of
+    `size` (H, W) each: {"25": path, "29.97": path, "30": path}."""
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for name, fps in RATES.items():
+        paths[name] = folder / f"{name}fps.avi"
+        write_video(paths[name], rng.integers(0, 255, (frames, *size, 3), dtype=np.uint8), fps=fps)
+    return paths
+
+
 def pyav_times(path):
     """Exact frame times (Fractions, from the first frame) of a sequential PyAV decode."""
     with av.open(str(path), metadata_errors="ignore") as container:

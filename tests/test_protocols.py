@@ -8,11 +8,18 @@ import math
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from media import decode_all, pyav_times, write_video
+from media import decode_all, pyav_times, write_rate_videos, write_video
 
 from keras_r21d.data.preprocessing import KINETICS_MEAN, KINETICS_STD, resize_crop_numpy
 from keras_r21d.data.protocols import (
-    PROTOCOLS, Protocol, clip_frames, clip_starts, crop_boxes, get_protocol, protocol_views, resized_size,
+    PROTOCOLS,
+    Protocol,
+    clip_frames,
+    clip_starts,
+    crop_boxes,
+    get_protocol,
+    protocol_views,
+    resized_size,
 )
 from keras_r21d.data.video import frame_times
 
@@ -48,13 +55,7 @@ def mmaction2_reference(count, clip_len, num_clips):
 
 @pytest.fixture(scope="module")
 def rate_videos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rates")
-    rng = np.random.default_rng(0)
-    paths = {}
-    for name, fps in (("25", 25), ("29.97", fractions.Fraction(30000, 1001)), ("30", 30)):
-        paths[name] = folder / f"{name}.avi"
-        write_video(paths[name], rng.integers(0, 255, (75, 36, 48, 3), dtype=np.uint8), fps=fps)
-    return paths
+    return write_rate_videos(tmp_path_factory.mktemp("rates"), 75, (36, 48))
 
 
 REAL = ["R6llTwEh07w.mp4", "SOX5yA1l24A.mp4", "v_SoccerJuggling_g23_c01.avi"]

@@ -51,6 +51,30 @@ def check_fps(fps):
                          f"own frames); received {fps!r}.")
 
 
+def check_windows(window=None, stride=None, fps=None, unit="frames", short="loop", tail="shift"):
+    """ValueError for window settings that `windows` cannot take, before any video is read.
+    Returns `(window, stride)`: with unit="frames", whole numbers as ints; None stays None
+    (the caller's default)."""
+    check_fps(fps)
+    for value, allowed, what in ((unit, UNITS, "unit"), (short, SHORT_POLICIES, "short"),
+                                 (tail, TAIL_POLICIES, "tail")):
+        if value not in allowed:
+            raise ValueError(f"`{what}` must be one of {allowed}; received {value!r}.")
+    checked = []
+    for value, what in ((window, "window"), (stride, "stride")):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`{what}` must be a positive number of {unit}; received {value!r}.")
+            if unit == "frames":
+                if value != int(value):
+                    raise ValueError(f"With unit='frames', `{what}` is a whole number of frames; received "
+                                     f"{value!r}. Use unit='seconds' for times.")
+                value = int(value)
+        checked.append(value)
+    return tuple(checked)
+
+
 def resample(times, fps=None):
     """`(frame numbers, sample times, sample durations)` of a video whose frames show at
     `times` (seconds, increasing), sampled at `fps` (None: every frame, at its time)."""
@@ -95,20 +119,14 @@ def windows(times, size=16, stride=None, fps=None, unit="frames", short="loop", 
         tail: the samples after the last full window: "shift", "pad" or "drop".
         source: how to name the video in the warning about a short one.
     """
-    if unit not in UNITS:
-        raise ValueError(f"`unit` must be one of {UNITS}; received {unit!r}.")
-    if short not in SHORT_POLICIES:
-        raise ValueError(f"`short` must be one of {SHORT_POLICIES}; received {short!r}.")
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"`tail` must be one of {TAIL_POLICIES}; received {tail!r}.")
+    if size is None:
+        raise ValueError("`size` is required: the window's length.")
+    size, stride = check_windows(size, stride, fps, unit, short, tail)
     stride = size if stride is None else stride
     frames, instants, durations = resample(times, fps)
     if unit == "seconds":
         rate = fps or len(frames) / (_duration(np.asarray(times, np.float64)) - times[0])
         size, stride = max(1, round(size * rate)), max(1, round(stride * rate))
-    for value, what in ((size, "size"), (stride, "stride")):
-        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
-            raise ValueError(f"Window `{what}` must be a positive number of {unit}; received {value!r}.")
     count = len(frames)
     if count < size:
         logging.getLogger("keras_r21d").warning(

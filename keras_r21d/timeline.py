@@ -14,7 +14,6 @@ classes most present over the video against time (`plot_timeline`).
 
 import csv
 import io
-import math
 import os
 
 import numpy as np

@@ -46,7 +46,7 @@ def _named_preset(preset):
     else (a directory, hf://, kaggle://) as given, for keras-hub to read."""
     from keras_r21d import presets
 
-    if isinstance(preset, str) and preset in {entry["name"] for entry in presets._manifest()}:
+    if isinstance(preset, str) and preset in {entry["name"] for entry in presets.list_presets()}:
         return str(presets.fetch_preset(preset))
     return preset
 
@@ -57,7 +57,7 @@ def _manifest_presets():
 
     return {entry["name"]: {"metadata": {"description": entry["description"], "path": entry["architecture"],
                                          "params": None}, "architecture": entry["architecture"]}
-            for entry in presets._manifest()}
+            for entry in presets.list_presets()}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -62,6 +62,11 @@ def test_keras_hub_loads_a_preset_with_the_logits_of_get_model(preset):
     np.testing.assert_allclose(classifier.predict(x, verbose=0), numpy(reference(clips)), rtol=0, atol=1e-6)
     without = hub.R21DVideoClassifier.from_preset(str(preset), preprocessor=None)
     np.testing.assert_allclose(numpy(without(clips)), numpy(reference(clips)), rtol=0, atol=1e-6)
+    # load_weights=False: the preset's network and preprocessing, freshly initialised.
+    fresh = hub.R21DVideoClassifier.from_preset(str(preset), load_weights=False)
+    assert fresh.num_classes == 3 and fresh.preprocessor.video_converter.resize == PREPROCESSING["resize"]
+    assert [w.shape for w in fresh.backbone.weights] == [w.shape for w in backbone.weights]
+    assert not np.allclose(numpy(fresh.backbone.weights[0]), numpy(backbone.weights[0]))
 
 
 def test_a_new_head_for_fine_tuning_keeps_the_backbone(preset, monkeypatch):

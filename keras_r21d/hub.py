@@ -242,13 +242,32 @@ class VideoClassifier(Task):
 class R21DVideoClassifier(VideoClassifier):
     """`VideoClassifier` on an `R21DBackbone`.
 
+    Args:
+        metadata: what a user of the weights needs, JSON-ready (class names under
+            `labels`, preprocessing, clip length): a preset's metadata.json. Kept in
+            the task's config, so it survives `save_to_preset` (whose metadata.json
+            is keras-hub's own); `metadata` reads it.
+        Others: see `VideoClassifier`.
+
     Example:
-    >>> classifier = R21DVideoClassifier.from_preset("r2plus1d_18_kinetics400_torchvision", num_classes=101)
-    >>> classifier.fit(clips, labels)   # uint8 clips (batch, T, H, W, 3), resized and cropped by the preprocessor
+        classifier = R21DVideoClassifier.from_preset("r2plus1d_18_kinetics400_torchvision", num_classes=101)
+        classifier.fit(clips, labels)  # uint8 clips (batch, T, H, W, 3), resized and cropped by the preprocessor
     """
 
     backbone_cls = R21DBackbone
     preprocessor_cls = R21DVideoClassifierPreprocessor
+
+    def __init__(self, *args, metadata=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metadata = json.dumps(metadata or {})  # plain JSON, outside Keras's attribute tracking
+
+    @property
+    def metadata(self):
+        """A copy of the weights' metadata (class names under `labels`, preprocessing...)."""
+        return json.loads(self._metadata)
+
+    def get_config(self):
+        return {**super().get_config(), "metadata": self.metadata}
 
     @classmethod
     def from_network(cls, model, preprocessor="auto", activation=None, dropout=None):
@@ -269,7 +288,7 @@ class R21DVideoClassifier(VideoClassifier):
         if preprocessor == "auto":
             preprocessor = R21DVideoClassifierPreprocessor(R21DVideoConverter(**_preprocessing(metadata_of(model))))
         task = cls(backbone, config["classes"], preprocessor=preprocessor, activation=activation,
-                   dropout=config["dropout"] if dropout is None else dropout)
+                   dropout=config["dropout"] if dropout is None else dropout, metadata=metadata_of(model))
         task.output_dense.set_weights(model.get_layer("fc").get_weights())
         return task
 
@@ -293,10 +312,16 @@ class R21DVideoClassifier(VideoClassifier):
         if not load_weights:
             settings = read_config(directory)
             backbone = R21DBackbone(**{k: v for k, v in settings.items() if k != "classes"})
+            metadata = _metadata(os.fspath(directory))
+            if num_classes not in (None, settings["classes"]):
+                metadata.pop("labels", None)  # they name the preset's classes
+            metadata.update(kwargs.pop("metadata", None) or {})
             preprocessor = kwargs.pop("preprocessor", None) or R21DVideoClassifierPreprocessor(
-                R21DVideoConverter(**_preprocessing(_metadata(os.fspath(directory)))))
-            return cls(backbone, num_classes or settings["classes"], preprocessor=preprocessor, **kwargs)
-        model = load_preset(directory, classes=num_classes, classifier_activation=None)
+                R21DVideoConverter(**_preprocessing(metadata)))
+            return cls(backbone, num_classes or settings["classes"], preprocessor=preprocessor, metadata=metadata,
+                       **kwargs)
+        model = load_preset(directory, classes=num_classes, classifier_activation=None,
+                            metadata=kwargs.pop("metadata", None))
         return cls.from_network(model, **kwargs)
 
     @classproperty

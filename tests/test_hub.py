@@ -58,6 +58,7 @@ def test_keras_hub_loads_a_preset_with_the_logits_of_get_model(preset):
 
     classifier = hub.R21DVideoClassifier.from_preset(str(preset))
     assert classifier.num_classes == 3 and classifier.activation is None
+    assert classifier.metadata["labels"] == ["a", "b", "c"]
     # The preprocessor does the preset's resize, crop and normalisation on uint8 clips.
     np.testing.assert_allclose(classifier.predict(x, verbose=0), numpy(reference(clips)), rtol=0, atol=1e-6)
     without = hub.R21DVideoClassifier.from_preset(str(preset), preprocessor=None)
@@ -79,6 +80,7 @@ def test_a_new_head_for_fine_tuning_keeps_the_backbone(preset, monkeypatch):
     assert "r2plus1d_10_tiny" in hub.R21DVideoClassifier.presets
     classifier = hub.R21DVideoClassifier.from_preset("r2plus1d_10_tiny", num_classes=101, dropout=0.5)
     assert classifier.output_shape == (None, 101) and classifier.dropout == 0.5
+    assert "labels" not in classifier.metadata  # they named the preset's 3 classes
     clips = keras_r21d.preprocess_input(raw_clips(), **PREPROCESSING)
     headless = keras_r21d.get_model("r2plus1d_10", weights=str(preset), include_top=False)
     np.testing.assert_allclose(numpy(classifier.backbone(clips)), numpy(headless(clips)), atol=1e-6)
@@ -137,7 +139,8 @@ def server(monkeypatch, tmp_path):
 
 
 def test_a_keras_hub_preset_round_trips_through_the_hub(preset, server, tmp_path):
-    classifier = hub.R21DVideoClassifier.from_preset(str(preset), num_classes=4)
+    classifier = hub.R21DVideoClassifier.from_preset(str(preset), num_classes=4,
+                                                     metadata={"labels": ["w", "x", "y", "z"]})
     classifier.fit(raw_clips(4), np.array([0, 1, 2, 3]), batch_size=2, epochs=1, verbose=0)  # fine-tuned
     saved = tmp_path / "task_preset"
     classifier.save_to_preset(str(saved))
@@ -147,6 +150,7 @@ def test_a_keras_hub_preset_round_trips_through_the_hub(preset, server, tmp_path
     loaded = hub.R21DVideoClassifier.from_preset("hf://me/r21d-task")
     x = raw_clips(seed=5)
     assert type(loaded) is hub.R21DVideoClassifier and loaded.num_classes == 4
+    assert loaded.metadata["labels"] == ["w", "x", "y", "z"]  # kept through keras-hub's layout
     np.testing.assert_allclose(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), rtol=0, atol=1e-6)
     backbone = keras_hub.models.Backbone.from_preset("hf://me/r21d-task")
     clips = keras_r21d.preprocess_input(x, **PREPROCESSING)

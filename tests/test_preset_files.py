@@ -224,6 +224,9 @@ def test_another_head_builds_one_model_and_keeps_every_other_weight(preset, monk
     loaded = load_preset(directory, **changes)
     assert len(builds) == 1
     assert "labels" not in loaded.metadata  # they named the preset's classes
+    if changes.get("classes") == 5:  # the caller's names of the new classes are kept
+        named = load_preset(directory, **changes, metadata={"labels": list("vwxyz")})
+        assert named.metadata["labels"] == list("vwxyz")
     for layer in loaded.layers:
         if layer.name != "fc":
             for a, b in zip(layer.get_weights(), saved.get_layer(layer.name).get_weights(), strict=True):

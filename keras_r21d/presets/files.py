@@ -313,10 +313,11 @@ def load_preset(directory, model_name=None, include_top=True, classes=None, **kw
             + ", ".join(f"{key}={config[key]!r}" for key in clashes) + "; received "
             + ", ".join(f"{key}={value!r}" for key, value in clashes.items()) + ". Leave them out."
         )
-    metadata = {**read_metadata(directory), **(kwargs.pop("metadata", None) or {})}  # the caller's entries win
+    metadata = read_metadata(directory)
     new_head = include_top and classes not in (None, preset_classes)
     if new_head or not include_top:
         metadata.pop("labels", None)  # they name the preset's classes, not these
+    metadata.update(kwargs.pop("metadata", None) or {})  # the caller's entries win (labels of a new head too)
     settings = dict(include_top=include_top, frames=asked_frames, classes=classes or preset_classes,
                     metadata=metadata, **config, **kwargs)
     model = build_network(arch, **settings) if arch is not None else VideoResNet(**settings)

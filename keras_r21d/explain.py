@@ -12,7 +12,7 @@ resolutions, and the maps show it.
 import numpy as np
 
 from keras_r21d.data.preprocessing import _source_pixels
-from keras_r21d.models.backbone import VideoResNet, stage_names
+from keras_r21d.models.backbone import VideoResNet, stage_layers, stage_names
 
 LAYERS = tuple(stage_names())
 
@@ -21,8 +21,7 @@ def _stage_output(model, layer):
     """The output tensor of stage `layer` of `model` (its last block)."""
     if layer not in LAYERS:
         raise ValueError(f"Unknown layer {layer!r}; expected one of {list(LAYERS)}.")
-    names = [lyr.name for lyr in model.layers if lyr.name == layer or lyr.name.startswith(f"{layer}_")]
-    return model.get_layer(names[-1]).output
+    return stage_layers(model)[layer][-1].output
 
 
 def _upsample(cam, size):
@@ -141,8 +140,9 @@ def explain_video(model, path, layer="conv5", class_index=None, clips=1, frames=
         class_index = int(class_index) if class_index.isdigit() else labels.index(class_index)
     preprocessing = stored_preprocessing(model)
     raw = uniform_clips(path, clip_length(model, frames), clips)
+    # Resized and cropped once, in [0, 1]: shown as they are, normalised for the network.
     shown = np.asarray(preprocess_input(raw, preprocessing["resize"], preprocessing["crop"], (0, 0, 0), (1, 1, 1)))
-    inputs = np.asarray(preprocess_input(raw, **preprocessing))
+    inputs = ((shown - np.asarray(preprocessing["mean"])) / np.asarray(preprocessing["std"])).astype(np.float32)
     results = []
     for x, rgb in zip(inputs, shown):
         result = grad_cam(model, x, layer, class_index)

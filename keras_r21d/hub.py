@@ -33,12 +33,21 @@ from keras_hub.src.utils.preset_utils import check_file_exists, load_json
 from keras_hub.src.utils.python_utils import classproperty
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
-from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE, preprocess_input
+from keras_r21d.data.preprocessing import (
+    CROP,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    RESIZE,
+    preprocess_input,
+    stored_preprocessing_of,
+)
 from keras_r21d.models import ARCHITECTURES, DEPTHS, MODELS, VideoResNet, check_name, metadata_of, registered_name
 from keras_r21d.models.backbone import DEFAULT_WIDTHS
 
 PACKAGE = "keras_r21d"
 TABLE = ("stem", "stages", "blocks")
+# The VideoResNet settings a backbone takes besides its name or table.
+SETTINGS = ("widths", "midplanes", "stem_midplanes", "frames", "bn_epsilon", "bn_momentum", "input_shape")
 
 
 def _named_preset(preset):
@@ -105,8 +114,7 @@ class R21DBackbone(Backbone):
         # Plain JSON, outside Keras's attribute tracking (as VideoResNet keeps its own).
         self._settings = json.dumps({
             "architecture": architecture, **({} if architecture else {key: settings[key] for key in TABLE}),
-            **{key: settings[key] for key in ("widths", "midplanes", "stem_midplanes", "frames", "bn_epsilon",
-                                              "bn_momentum", "input_shape")}})
+            **{key: settings[key] for key in SETTINGS}})
 
     def get_config(self):
         return {**super().get_config(), **json.loads(self._settings)}
@@ -170,18 +178,12 @@ class R21DVideoClassifierPreprocessor(VideoClassifierPreprocessor):
     @classmethod
     def _add_missing_kwargs(cls, loader, kwargs):
         if "video_converter" not in kwargs and not check_file_exists(loader.preset, "video_converter.json"):
-            kwargs["video_converter"] = R21DVideoConverter(**_preprocessing(_metadata(loader.preset)))
+            kwargs["video_converter"] = R21DVideoConverter(**stored_preprocessing_of(_metadata(loader.preset)))
         return super()._add_missing_kwargs(loader, kwargs)
 
 
 def _metadata(preset):
     return load_json(preset, "metadata.json") if check_file_exists(preset, "metadata.json") else {}
-
-
-def _preprocessing(metadata):
-    """The converter's arguments from a preset's metadata (Kinetics' when it has none)."""
-    known = ("resize", "crop", "mean", "std")
-    return {key: value for key, value in (metadata.get("preprocessing") or {}).items() if key in known}
 
 
 class VideoClassifier(Task):
@@ -280,13 +282,12 @@ class R21DVideoClassifier(VideoClassifier):
         architecture = registered_name(config)
         backbone = R21DBackbone(
             architecture=architecture, **({} if architecture else {key: config[key] for key in TABLE}),
-            **{key: config[key] for key in ("widths", "midplanes", "stem_midplanes", "frames", "bn_epsilon",
-                                            "bn_momentum", "input_shape")}, dtype=config["dtype_policy"])
+            **{key: config[key] for key in SETTINGS}, dtype=config["dtype_policy"])
         for layer in backbone.layers:
             if layer.weights:
                 layer.set_weights(model.get_layer(layer.name).get_weights())
         if preprocessor == "auto":
-            preprocessor = R21DVideoClassifierPreprocessor(R21DVideoConverter(**_preprocessing(metadata_of(model))))
+            preprocessor = R21DVideoClassifierPreprocessor(R21DVideoConverter(**stored_preprocessing_of(metadata_of(model))))
         task = cls(backbone, config["classes"], preprocessor=preprocessor, activation=activation,
                    dropout=config["dropout"] if dropout is None else dropout, metadata=metadata_of(model))
         task.output_dense.set_weights(model.get_layer("fc").get_weights())
@@ -305,19 +306,19 @@ class R21DVideoClassifier(VideoClassifier):
         if check_file_exists(preset, "task.json"):  # saved by keras-hub
             return super().from_preset(preset, load_weights=load_weights, **kwargs)
         from keras_r21d.presets import resolve_weights
-        from keras_r21d.presets.files import load_preset, read_config
+        from keras_r21d.presets.files import load_preset, read_config, read_metadata
 
         directory = resolve_weights(os.fspath(preset), None)
         num_classes = kwargs.pop("num_classes", None)
         if not load_weights:
             settings = read_config(directory)
             backbone = R21DBackbone(**{k: v for k, v in settings.items() if k != "classes"})
-            metadata = _metadata(os.fspath(directory))
+            metadata = read_metadata(directory)
             if num_classes not in (None, settings["classes"]):
                 metadata.pop("labels", None)  # they name the preset's classes
             metadata.update(kwargs.pop("metadata", None) or {})
             preprocessor = kwargs.pop("preprocessor", None) or R21DVideoClassifierPreprocessor(
-                R21DVideoConverter(**_preprocessing(metadata)))
+                R21DVideoConverter(**stored_preprocessing_of(metadata)))
             return cls(backbone, num_classes or settings["classes"], preprocessor=preprocessor, metadata=metadata,
                        **kwargs)
         model = load_preset(directory, classes=num_classes, classifier_activation=None,

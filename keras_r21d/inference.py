@@ -61,11 +61,9 @@ def video_clips(model, path, clips=10, frames=None):
 def stored_preprocessing(model):
     """`resize`, `crop`, `mean`, `std` the weights of `model` were trained with (stored
     with a preset), Kinetics' for what is not stored."""
-    from keras_r21d.data.preprocessing import CROP, KINETICS_MEAN, KINETICS_STD, RESIZE
+    from keras_r21d.data.preprocessing import stored_preprocessing_of
 
-    stored = metadata_of(model).get("preprocessing", {})
-    return {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
-            "mean": tuple(stored.get("mean", KINETICS_MEAN)), "std": tuple(stored.get("std", KINETICS_STD))}
+    return stored_preprocessing_of(metadata_of(model))
 
 
 def predict_video(model, path, clips=10, frames=None, top=5, labels=None):

@@ -163,36 +163,27 @@ def head_variables(model):
     return candidates[-1].trainable_weights
 
 
-def stage_of(layer_name):
-    """The stage a keras_r21d layer belongs to: "conv1" (the stem), "conv3" for "conv3_2", else None."""
-    stage = layer_name.split("_")[0]
-    return stage if stage[:4] == "conv" and stage[4:].isdigit() else None
-
-
 def freeze(model, until=None, batch_norm=False):
     """Freezes the stem and the stages up to `until` ("conv1" ... "conv5"): their weights and
     their BN statistics stay as they are. `batch_norm`: also every BN layer of the model (its
     moving statistics, scale and shift; Keras runs a frozen BN layer in inference mode).
-    Compile the model afterwards. Returns the names of the frozen layers."""
-    frozen = []
+    Compile the model afterwards."""
     if until is not None:
-        stages = sorted({s for s in map(stage_of, (layer.name for layer in model.layers)) if s},
-                        key=lambda s: int(s[4:]))
+        from keras_r21d.models.backbone import stage_layers
+
+        stages = stage_layers(model)
         if until not in stages:
-            raise ValueError(f"Cannot freeze until {until!r}: {model.name!r} has the stages {stages} "
-                             "(conv1 is the stem); freezing needs a keras_r21d network.")
-        for layer in model.layers:
-            stage = stage_of(layer.name)
-            if stage and int(stage[4:]) <= int(until[4:]):
-                layer.trainable = False
-                frozen.append(layer.name)
+            raise ValueError(f"Cannot freeze until {until!r}: {model.name!r} has the stages {list(stages)} "
+                             "(conv1 is the stem).")
+        for stage, layers in stages.items():
+            if int(stage[4:]) <= int(until[4:]):
+                for layer in layers:
+                    layer.trainable = False
     if batch_norm:
         # Keras has no public walk through nested layers; _flatten_layers is what Model uses.
         for layer in model._flatten_layers(include_self=False):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-                frozen.append(layer.path)
-    return frozen
 
 
 def class_weights(videos, num_classes, spec):

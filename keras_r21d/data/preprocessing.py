@@ -120,6 +120,14 @@ def resize_crop_numpy(frames, resize, top, left, crop):
     return x
 
 
+def stored_preprocessing_of(metadata):
+    """`resize`, `crop`, `mean`, `std` recorded under "preprocessing" in the metadata of a
+    preset (metadata.json), Kinetics' for what is not recorded."""
+    stored = (metadata or {}).get("preprocessing") or {}
+    return {"resize": tuple(stored.get("resize", RESIZE)), "crop": stored.get("crop", CROP),
+            "mean": tuple(stored.get("mean", KINETICS_MEAN)), "std": tuple(stored.get("std", KINETICS_STD))}
+
+
 def preprocess_input(clips, resize=RESIZE, crop=CROP, mean=KINETICS_MEAN, std=KINETICS_STD):
     """Prepares RGB clips for the Kinetics checkpoints.
 

@@ -248,6 +248,21 @@ class VideoResNet(keras.Model):
             keras.config.set_dtype_policy(current)
 
 
+def stage_layers(model):
+    """`{"conv1": [stem], "conv2": [conv2_1, ...], ...}`: the layers of each stage of a
+    keras_r21d network, in order (the last one gives the stage's output)."""
+    stages = {}
+    for layer in model.layers:
+        if layer.name == "conv1" or isinstance(layer, BasicBlock):
+            stages.setdefault(layer.name.split("_")[0], []).append(layer)
+    if "conv1" not in stages:
+        raise ValueError(
+            f"Model {model.name!r} has no 'conv1' stem layer: it is not a network built by keras_r21d "
+            "(VideoResNet or a factory)."
+        )
+    return stages
+
+
 def stage_feature_model(model):
     """A model with the same input that returns the output of every stage.
 
@@ -262,13 +277,5 @@ def stage_feature_model(model):
     >>> {name: tuple(x.shape) for name, x in maps.items()}["conv5"]
     (1, 1, 2, 2, 512)
     """
-    outputs = {}
-    for layer in model.layers:
-        if layer.name == "conv1" or isinstance(layer, BasicBlock):
-            outputs[layer.name.split("_")[0]] = layer.output  # the last block of a stage wins
-    if "conv1" not in outputs:
-        raise ValueError(
-            f"Model {model.name!r} has no 'conv1' stem layer: stage_feature_model takes a network "
-            "built by keras_r21d (VideoResNet or a factory)."
-        )
+    outputs = {stage: layers[-1].output for stage, layers in stage_layers(model).items()}
     return keras.Model(model.input, outputs, name=f"{model.name}_stages")
